@@ -541,24 +541,43 @@ def _finite_cast(t: Tensor, dtype: torch.dtype) -> Tensor:
     return t.clamp(-big, big).to(dtype)
 
 
+class _NoDoubleBackward(torch.autograd.Function):
+    """Identity whose backward raises: marks first derivatives of :func:`betainc` as not differentiable."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, *inputs: Tensor) -> Tensor:
+        # ``inputs`` (the arguments of betainc) only link the result to the graph of the first derivative.
+        return t.clone()
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):
+        raise RuntimeError(
+            "betainc supports first derivatives only: second derivatives (double backward, e.g. "
+            "torch.autograd.grad(..., create_graph=True) followed by another backward) are not implemented"
+        )
+
+
 class _BetaincFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: Tensor, b: Tensor, x: Tensor) -> Tensor:
         value, d_a, d_b, d_x = _betainc_with_grads(a, b, x)
-        ctx.save_for_backward(d_a, d_b, d_x)
+        ctx.save_for_backward(d_a, d_b, d_x, a, b, x)
         ctx.dtypes = (a.dtype, b.dtype, x.dtype)
         return value.to(x.dtype)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        d_a, d_b, d_x = ctx.saved_tensors
+        d_a, d_b, d_x, a, b, x = ctx.saved_tensors
         g = grad.to(torch.float64)
-        ta, tb, tx = ctx.dtypes
-        ga = _finite_cast(g * d_a, ta) if ctx.needs_input_grad[0] else None
-        gb = _finite_cast(g * d_b, tb) if ctx.needs_input_grad[1] else None
-        gx = _finite_cast(g * d_x, tx) if ctx.needs_input_grad[2] else None
-        return ga, gb, gx
+        grads = []
+        for needed, deriv, dtype in zip(ctx.needs_input_grad, (d_a, d_b, d_x), ctx.dtypes, strict=True):
+            if not needed:
+                grads.append(None)
+                continue
+            out = _finite_cast(g * deriv, dtype)
+            # Under create_graph, the result would silently miss the second-order terms: make that an error.
+            grads.append(_NoDoubleBackward.apply(out, a, b, x) if torch.is_grad_enabled() else out)
+        return tuple(grads)
 
 
 # ----------------------------------------------------------------------------------------------------------
