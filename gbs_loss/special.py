@@ -162,7 +162,7 @@ def _lgamma1p_small(p: Tensor) -> Tensor:
 def _lgamma_diff(q: Tensor, p: Tensor) -> Tensor:
     r""":math:`\log\Gamma(q + p) - \log\Gamma(q)` for :math:`q > 0`, :math:`p \ge 0`, accurate relative to ``p``.
 
-    Arguments below 10 are shifted up with :math:`\log\Gamma(z+1) = \log\Gamma(z) + \log z`, which turns the
+    Arguments below 10 are shifted up with :math:`\log\Gamma(z) = \log\Gamma(z+n) - \sum_{k<n} \log(z+k)`, which turns the
     difference into a sum of :math:`\log(1 + p/(q + k))`; above, :func:`_lgamma_ratio` is used.
     """
     shift = q < _LARGE
@@ -170,7 +170,7 @@ def _lgamma_diff(q: Tensor, p: Tensor) -> Tensor:
     for k in range(10):
         corr = corr + torch.log1p(p / (q + k))
     qs = torch.where(shift, q + 10.0, q)
-    return -_lgamma_ratio(p, qs) + torch.where(shift, corr, torch.zeros_like(corr))
+    return -_lgamma_ratio(p, qs) - torch.where(shift, corr, torch.zeros_like(corr))
 
 
 def _betaln64(a: Tensor, b: Tensor) -> Tensor:
@@ -214,7 +214,59 @@ def _rlog1(e: Tensor) -> Tensor:
     return e * t - 2.0 * t * t2 * s
 
 
-def _log_prefactor(a: Tensor, b: Tensor, x: Tensor, y: Tensor, logx: Tensor, logy: Tensor) -> Tensor:
+def _two_sum(u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """Knuth's TwoSum: ``u + v = s + e`` exactly, with ``s = fl(u + v)``."""
+    s = u + v
+    bv = s - u
+    return s, (u - (s - bv)) + (v - bv)
+
+
+def _split(u: Tensor) -> tuple[Tensor, Tensor]:
+    """Veltkamp's splitting of a float64 into two halves of 26 significant bits."""
+    t = 134217729.0 * u  # 2**27 + 1
+    hi = t - (t - u)
+    return hi, u - hi
+
+
+def _two_prod(u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """Dekker's TwoProduct: ``u * v = p + e`` exactly, with ``p = fl(u * v)`` (no FMA needed)."""
+    p = u * v
+    uh, ul = _split(u)
+    vh, vl = _split(v)
+    return p, ((uh * vh - p) + uh * vl + ul * vh) + ul * vl
+
+
+def _rlog1_any(e: Tensor, log1pe: Tensor) -> Tensor:
+    r""":math:`e - \log(1+e)` for any :math:`e > -1`; ``log1pe`` is an accurate :math:`\log(1+e)` for ``e`` near -1.
+
+    Series near 0 (:func:`_rlog1`), ``log1p`` for :math:`e > 1/2`, and the given logarithm below :math:`-1/2`
+    (where ``1 + e`` would have lost its relative precision).
+    """
+    near = e.abs() <= 0.5
+    series = _rlog1(torch.where(near, e, torch.zeros_like(e)))
+    far = e - torch.where(e > 0, torch.log1p(torch.where(e > 0, e, torch.zeros_like(e))), log1pe)
+    return torch.where(near, series, far)
+
+
+def _lambda(p: Tensor, q: Tensor, xx: Tensor, yy: Tensor, xx_exact: Tensor) -> Tensor:
+    r""":math:`\lambda = p - (p+q)\,xx = (p+q)\,yy - q` to a few ulps of :math:`\lambda` itself.
+
+    Computed in double-double arithmetic from whichever of ``xx``, ``yy`` is the exact input (the other is a
+    rounded ``1 - x``). In the tails of large-parameter distributions the prefactor is as sensitive to
+    :math:`\lambda` as :math:`|\lambda|\,\epsilon`, which plain float64 would turn into errors of 1e-12.
+    """
+    s, s_err = _two_sum(p, q)
+    z = torch.where(xx_exact, xx, yy)
+    prod, prod_err = _two_prod(s, z)
+    # xx exact: lambda = p - (s + s_err) xx;  yy exact: lambda = (s + s_err) yy - q.
+    first = torch.where(xx_exact, p, prod)
+    second = torch.where(xx_exact, -prod, -q)
+    d, d_err = _two_sum(first, second)
+    tail = s_err * z + prod_err
+    return d + torch.where(xx_exact, d_err - tail, d_err + tail)
+
+
+def _log_prefactor(a: Tensor, b: Tensor, lam: Tensor, logx: Tensor, logy: Tensor) -> Tensor:
     r""":math:`\log\left(x^a y^b / B(a, b)\right)` for interior ``x``, accurate for large ``a`` and ``b``.
 
     For :math:`\min(a,b) \ge 10` (TOMS 708 ``brcomp``): with :math:`\lambda = a - (a+b)x`,
@@ -228,15 +280,10 @@ def _log_prefactor(a: Tensor, b: Tensor, x: Tensor, y: Tensor, logx: Tensor, log
     a_l = torch.where(large, a, big)
     b_l = torch.where(large, b, big)
     s = a_l + b_l
-    # lambda from whichever of x, y is exact (y = 1 - x is exact for x >= 1/2).
-    lam = torch.where(x >= 0.5, s * y - b_l, a_l - s * x)
     e1 = -lam / a_l
     e2 = lam / b_l
-    near1 = e1.abs() <= 0.5
-    near2 = e2.abs() <= 0.5
-    zero = torch.zeros_like(e1)
-    u = torch.where(near1, _rlog1(torch.where(near1, e1, zero)), e1 - (logx + torch.log1p(b_l / a_l)))
-    v = torch.where(near2, _rlog1(torch.where(near2, e2, zero)), e2 - (logy + torch.log1p(a_l / b_l)))
+    u = _rlog1_any(e1, logx + torch.log1p(b_l / a_l))
+    v = _rlog1_any(e2, logy + torch.log1p(a_l / b_l))
     stirling = (
         -(a_l * u + b_l * v)
         + 0.5 * (torch.log(a_l) + torch.log(b_l) - torch.log(s))
@@ -460,10 +507,10 @@ def _betainc_kernel(a: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Te
     yy = torch.where(swap, x_s, y_s)
     logxx = torch.where(swap, logy, logx)
     logyy = torch.where(swap, logx, logy)
-    logk = _log_prefactor(p, q, xx, yy, logxx, logyy)
+    # lambda = (p + q) yy - q, from x itself (exact) rather than from the rounded 1 - x.
+    lam = _lambda(p, q, xx, yy, ~swap)
+    logk = _log_prefactor(p, q, lam, logxx, logyy)
     compact = x.device.type == "cpu" and not torch.compiler.is_compiling()
-    # lambda = (p + q) yy - q from whichever of xx, yy is exact (the one above 1/2 has an exact complement).
-    lam = torch.where(xx >= 0.5, (p + q) * yy - q, p - (p + q) * xx)
     logf, gp, gq = _continued_fraction(p, q, xx, yy, lam, compact)
     # J = I_xx(p, q) = K / p / F with K = xx^p yy^q / B(p, q).
     j = torch.exp(logk - torch.log(p) - logf)
@@ -739,7 +786,8 @@ def beta_log_prob(x: Tensor | float, a: Tensor | float, b: Tensor | float) -> Te
     x_s = torch.where(interior, x64, torch.full_like(x64, 0.5))
     logx = torch.log(x_s)
     logy = torch.log1p(-x_s)
-    inner = _log_prefactor(a_s, b_s, x_s, 1.0 - x_s, logx, logy) - logx - logy
+    lam = _lambda(a_s, b_s, x_s, 1.0 - x_s, torch.ones_like(interior))
+    inner = _log_prefactor(a_s, b_s, lam, logx, logy) - logx - logy
     # Ends: the limit of (a - 1) log x at 0 (or (b - 1) log y at 1) with the rest evaluated exactly.
     inf = torch.full_like(x64, float("inf"))
     at0 = torch.where(a_s < 1, inf, torch.where(a_s > 1, -inf, torch.log(b_s)))
