@@ -24,8 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     """Dispatch ``python -m gbs_loss <command> [options]`` to the command's own ``main``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m gbs_loss", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=sorted(_COMMANDS), help="; ".join(
-        f"{name}: {help_}" for name, (_, help_) in sorted(_COMMANDS.items())))
+    parser.add_argument(
+        "command",
+        choices=sorted(_COMMANDS),
+        help="; ".join(f"{name}: {help_}" for name, (_, help_) in sorted(_COMMANDS.items())),
+    )
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0 if argv else 2

@@ -116,13 +116,7 @@ def _lgamma_ratio(a: Tensor, b: Tensor) -> Tensor:
     Uses Stirling's formula for both gammas (TOMS 708 ``algdiv``):
     :math:`\Delta(b) - \Delta(a+b) - (a + b - 1/2)\log(1 + a/b) - a\log b + a`.
     """
-    return (
-        _stirling_delta(b)
-        - _stirling_delta(a + b)
-        - (a + b - 0.5) * torch.log1p(a / b)
-        - a * torch.log(b)
-        + a
-    )
+    return _stirling_delta(b) - _stirling_delta(a + b) - (a + b - 0.5) * torch.log1p(a / b) - a * torch.log(b) + a
 
 
 def _zeta_values(kmax: int) -> tuple[float, ...]:
@@ -162,8 +156,8 @@ def _lgamma1p_small(p: Tensor) -> Tensor:
 def _lgamma_diff(q: Tensor, p: Tensor) -> Tensor:
     r""":math:`\log\Gamma(q + p) - \log\Gamma(q)` for :math:`q > 0`, :math:`p \ge 0`, accurate relative to ``p``.
 
-    Arguments below 10 are shifted up with :math:`\log\Gamma(z) = \log\Gamma(z+n) - \sum_{k<n} \log(z+k)`, which turns the
-    difference into a sum of :math:`\log(1 + p/(q + k))`; above, :func:`_lgamma_ratio` is used.
+    Arguments below 10 are shifted up with :math:`\log\Gamma(z) = \log\Gamma(z+n) - \sum_{k<n} \log(z+k)`,
+    which turns the difference into a sum of :math:`\log(1 + p/(q + k))`; above, :func:`_lgamma_ratio` is used.
     """
     shift = q < _LARGE
     corr = torch.zeros_like(q)
@@ -285,10 +279,7 @@ def _log_prefactor(a: Tensor, b: Tensor, lam: Tensor, logx: Tensor, logy: Tensor
     u = _rlog1_any(e1, logx + torch.log1p(b_l / a_l))
     v = _rlog1_any(e2, logy + torch.log1p(a_l / b_l))
     stirling = (
-        -(a_l * u + b_l * v)
-        + 0.5 * (torch.log(a_l) + torch.log(b_l) - torch.log(s))
-        - _HALF_LOG_2PI
-        - _bcorr(a_l, b_l)
+        -(a_l * u + b_l * v) + 0.5 * (torch.log(a_l) + torch.log(b_l) - torch.log(s)) - _HALF_LOG_2PI - _bcorr(a_l, b_l)
     )
     one = torch.ones_like(a)
     a_s = torch.where(large, one, a)
@@ -422,11 +413,7 @@ def _continued_fraction(
         logf = torch.where(done, logf, logf + torch.log(factor))
         acc_gp = torch.where(done, acc_gp, acc_gp + dgp)
         acc_gq = torch.where(done, acc_gq, acc_gq + dgq)
-        conv = (
-            ((factor - 1.0).abs() <= _TOL)
-            & (dgp.abs() <= _TOL * acc_gp.abs())
-            & (dgq.abs() <= _TOL * acc_gq.abs())
-        )
+        conv = ((factor - 1.0).abs() <= _TOL) & (dgp.abs() <= _TOL * acc_gp.abs()) & (dgq.abs() <= _TOL * acc_gq.abs())
         done = done | conv
         if compact and (n % _CHUNK == 0 or n == _MAX_STEPS):
             if bool(done.any()):
