@@ -1,0 +1,302 @@
+r"""Functional form of the Batch-Shaping and Generalized Batch-Shaping losses.
+
+Batch-Shaping (Bejnordi, Blankevoort, Welling, "Batch-Shaping for Learning Conditional Channel Gated
+Networks", ICLR 2020) is a Cramér--von Mises style distance between the empirical CDF of a batch and a prior
+CDF, evaluated at the sorted samples. Generalized Batch-Shaping (Havtorn, Royer, Blankevoort, Ehteshami
+Bejnordi, "MSViT: Dynamic Mixed-Scale Tokenization for Vision Transformers", ICCV Workshops 2023,
+arXiv 2307.02321) gives every position its own prior with learned parameters and shapes those parameters in
+turn with a hyperprior (:func:`hyperprior_loss`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+__all__ = ["batch_shaping_loss", "hyperprior_loss"]
+
+Reduction = Literal["none", "mean", "sum"]
+_REDUCTIONS = ("none", "mean", "sum")
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Argument checks shared by the functions and the modules.
+# ----------------------------------------------------------------------------------------------------------
+def _check_options(
+    prior: Any,
+    dim: Any,
+    ties: Any,
+    reduction: Any,
+    validate_args: Any,
+    prior_name: str = "prior",
+    check_prior: bool = True,
+) -> None:
+    """Check the options that do not depend on the input (shared with the modules' constructors)."""
+    if check_prior and not callable(getattr(prior, "cdf", None)):
+        raise TypeError(
+            f"{prior_name} must be an object with a differentiable cdf method (for example "
+            f"gbs_loss.priors.Beta(0.6, 0.4)), got {type(prior).__name__}"
+        )
+    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
+        raise TypeError(f"dim must be an int or None, got {type(dim).__name__}")
+    if not isinstance(ties, bool):
+        raise TypeError(f"ties must be a bool, got {type(ties).__name__}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if not isinstance(validate_args, bool):
+        raise TypeError(f"validate_args must be a bool, got {type(validate_args).__name__}")
+
+
+def _check_input(x: Any, dim: int | None, validate_args: bool, name: str = "x") -> int | None:
+    """Check the input tensor; return ``dim`` normalised to a non-negative index (or None)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if dim is None:
+        n = x.numel()
+    else:
+        if x.dim() == 0:
+            raise ValueError(
+                f"{name} must have at least one dimension (the batch) when dim={dim}, got a 0-dimensional tensor"
+            )
+        if not -x.dim() <= dim < x.dim():
+            raise ValueError(
+                f"dim must be in [{-x.dim()}, {x.dim() - 1}] for {name} of shape {tuple(x.shape)}, got {dim}"
+            )
+        dim = dim % x.dim()
+        n = x.shape[dim]
+        if n > 0 and x.numel() == 0:
+            raise ValueError(f"{name} has no positions: shape {tuple(x.shape)} with the batch along dim {dim}")
+    if n == 0:
+        raise ValueError(f"{name} has an empty batch: shape {tuple(x.shape)}, dim={dim}")
+    if n == 1:
+        raise ValueError(
+            f"{name} needs a batch of at least 2 samples to have a distribution, got 1 "
+            f"(shape {tuple(x.shape)}, dim={dim})"
+        )
+    if validate_args and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(
+            f"{name} must be finite, got {bad} NaN or infinite value(s) in a tensor of shape "
+            f"{tuple(x.shape)} (pass validate_args=False to skip this check)"
+        )
+    return dim
+
+
+def _check_prior_shape(prior: Any, positions: torch.Size, prior_name: str = "prior") -> None:
+    """The prior's parameters must broadcast to the positions without enlarging them."""
+    batch_shape = getattr(prior, "batch_shape", None)
+    if batch_shape is None:
+        return
+    try:
+        ok = torch.broadcast_shapes(torch.Size(batch_shape), positions) == positions
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"{prior_name} parameters of shape {tuple(batch_shape)} do not broadcast against the "
+            f"positions of shape {tuple(positions)} (the input's shape without the batch dim)"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The computation.
+# ----------------------------------------------------------------------------------------------------------
+class _SortValues(torch.autograd.Function):
+    """Sorted values along ``dim``; the backward scatters the gradient back through the fixed permutation.
+
+    Unlike the backward of :func:`torch.sort`, it writes every element once (the indices are a permutation)
+    instead of filling zeros first.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, dim: int) -> Tensor:
+        values, indices = torch.sort(x, dim=dim)
+        ctx.save_for_backward(indices)
+        ctx.dim = dim
+        return values
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (indices,) = ctx.saved_tensors
+        return torch.empty_like(grad).scatter_(ctx.dim, indices, grad), None
+
+
+def _largest_ranks(xs: Tensor) -> Tensor:
+    """1-based ranks of sorted samples (batch first) where every tie gets the largest rank of its group.
+
+    That rank is the number of samples ``<= x``: the position of the group's last member. The last members
+    are found by comparing neighbours, and a reversed running minimum hands every member the position of the
+    next last member. Linear in the number of values, no host synchronisation.
+    """
+    n = xs.shape[0]
+    is_last = torch.cat([xs[1:] != xs[:-1], torch.ones_like(xs[:1], dtype=torch.bool)])
+    position = torch.arange(1, n + 1, device=xs.device).reshape((n,) + (1,) * (xs.dim() - 1))
+    candidate = torch.where(is_last, position, n)
+    return candidate.flip(0).cummin(0).values.flip(0)
+
+
+def _shaping_loss(
+    x: Tensor, prior: Any, dim: int | None, ties: bool, reduction: str, prior_name: str = "prior"
+) -> Tensor:
+    """The reduced loss; for ``"none"`` of shape ``x.shape`` without ``dim`` (``()`` for ``dim=None``).
+
+    ``x`` is checked already and ``dim`` normalised. The batch is sorted once; the permutation is a constant
+    for autograd (the gradient of the sort is the scatter back to the original order).
+    """
+    if x.dtype in _LOW_PRECISION:
+        x = x.float()
+    if dim is None:
+        x = x.reshape(-1)
+        dim = 0
+    xs = _SortValues.apply(x, dim).movedim(dim, 0)  # (N, *positions)
+    n = xs.shape[0]
+    positions = xs.shape[1:]
+    _check_prior_shape(prior, positions, prior_name)
+    cdf = prior.cdf(xs)
+    if not isinstance(cdf, Tensor) or cdf.shape != xs.shape:
+        got = tuple(cdf.shape) if isinstance(cdf, Tensor) else type(cdf).__name__
+        raise ValueError(
+            f"{prior_name}.cdf must return a tensor of the samples' shape {tuple(xs.shape)} "
+            f"(batch first), got {got}; do the prior's parameters broadcast against the "
+            f"positions {tuple(positions)}?"
+        )
+    if cdf.dtype in _LOW_PRECISION:
+        cdf = cdf.float()
+    if ties:
+        ecdf = _largest_ranks(xs.detach()).to(cdf.dtype) / (n + 1)
+    else:
+        ecdf = torch.arange(1, n + 1, dtype=cdf.dtype, device=cdf.device).div_(n + 1)
+        ecdf = ecdf.reshape((n,) + (1,) * len(positions)).expand_as(cdf)
+    # Every position has N samples, so the mean over positions of the per-position means is the mean over
+    # all elements: one fused kernel forward and one backward.
+    if reduction == "none":
+        return torch.nn.functional.mse_loss(cdf, ecdf, reduction="none").mean(0)
+    if reduction == "sum":
+        return torch.nn.functional.mse_loss(cdf, ecdf, reduction="sum") / n
+    return torch.nn.functional.mse_loss(cdf, ecdf, reduction="mean")
+
+
+def batch_shaping_loss(
+    x: Tensor,
+    prior: Any,
+    dim: int | None = 0,
+    ties: bool = False,
+    reduction: Reduction = "mean",
+    validate_args: bool = True,
+) -> Tensor:
+    r"""Batch-Shaping loss: squared distance between the batch's empirical CDF and a prior CDF.
+
+    For every position :math:`k` (every index of ``x`` other than ``dim``) with samples
+    :math:`x_{1,k}, \dots, x_{N,k}` sorted as :math:`x_{(1),k} \le \dots \le x_{(N),k}`,
+
+    .. math::
+
+        \ell_k = \frac{1}{N} \sum_{i=1}^{N} \Big( \frac{i}{N + 1} - F_k\big(x_{(i),k}\big) \Big)^2,
+        \qquad
+        L = \frac{1}{D} \sum_{k=1}^{D} \ell_k \quad (\text{reduction}=\text{"mean"}),
+
+    where :math:`F_k` is the prior's CDF with the parameters of position :math:`k` (the prior's parameters
+    broadcast against the positions: position :math:`k` is paired with prior :math:`k` only). The sort is a
+    fixed permutation for autograd; gradients reach the samples through the prior's density and the prior's
+    parameters through :math:`\partial F / \partial \phi`. With ``ties=True`` every member of a group of equal
+    values gets the largest rank of its group (the right-continuous empirical CDF). This is Batch-Shaping
+    (Bejnordi, Blankevoort, Welling, ICLR 2020) and, with one learned prior per position, the prior term of
+    Generalized Batch-Shaping (Havtorn et al., "MSViT", ICCV Workshops 2023, arXiv 2307.02321).
+
+    Cost: one sort along ``dim``, one CDF evaluation and a few elementwise passes; memory linear in
+    ``x.numel()``. With ``ties=True`` a binary search per sample adds :math:`O(N \log N)` per position.
+
+    Args:
+        x: Samples, e.g. soft gate values. float16 and bfloat16 are computed in float32.
+        prior: Any object with a differentiable ``cdf`` (a :mod:`gbs_loss.priors` prior or a
+            :mod:`torch.distributions` instance). Its parameters broadcast against the positions, the shape
+            of ``x`` without ``dim``; ``cdf`` receives the sorted samples with the batch first,
+            shape ``(N, *positions)``.
+        dim: The batch dimension, along which the empirical CDF is taken. ``None`` flattens ``x`` into one
+            distribution (the original Batch-Shaping); the prior must then be scalar.
+        ties: Give tied samples the largest rank of their group. Costs a binary search; without it ties are
+            ranked in an arbitrary order.
+        reduction: ``"mean"`` over positions (the published convention), ``"sum"``, or ``"none"`` for one
+            loss per position.
+        validate_args: Check that ``x`` is finite (reads values: synchronises with an accelerator). Shape and
+            dtype checks are always done. Without it NaN samples give a NaN loss.
+
+    Returns:
+        The loss; a scalar, or of shape ``positions`` for ``reduction="none"``. Its dtype is the promoted
+        dtype of the samples and of the prior's CDF, float32 for float16 and bfloat16 inputs.
+
+    Raises:
+        TypeError: ``x`` is not a floating-point tensor, ``prior`` has no ``cdf``, or an option has the
+            wrong type.
+        ValueError: an empty batch or a batch of one, no positions, ``dim`` out of range, non-finite
+            samples, an unknown reduction, or prior parameters that do not broadcast against the positions.
+
+    Shape:
+        - ``x``: :math:`(N, *)` for ``dim=0``; any shape with the batch along ``dim`` in general.
+        - Output: :math:`()`, or :math:`(*)` (the positions) for ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.functional import batch_shaping_loss
+        >>> from gbs_loss.priors import Beta
+        >>> gates = torch.rand(64, 49, requires_grad=True)
+        >>> loss = batch_shaping_loss(gates, Beta(0.6, 0.4))
+        >>> loss.backward()
+        >>> loss.shape, gates.grad.shape
+        (torch.Size([]), torch.Size([64, 49]))
+    """
+    _check_options(prior, dim, ties, reduction, validate_args)
+    dim = _check_input(x, dim, validate_args)
+    return _shaping_loss(x, prior, dim, ties, reduction)
+
+
+def hyperprior_loss(
+    params: Tensor,
+    hyperprior: Any,
+    ties: bool = False,
+    validate_args: bool = True,
+) -> Tensor:
+    r"""Hyperprior term of Generalized Batch-Shaping: Batch-Shaping of a parameter vector.
+
+    The :math:`D` values of ``params`` (e.g. the learned prior means of the :math:`D` positions, whatever
+    the shape of ``params``) are treated as one batch and shaped toward the hyperprior CDF :math:`G`:
+
+    .. math::
+
+        L_{\text{hyper}} = \frac{1}{D} \sum_{j=1}^{D}
+            \Big( \frac{j}{D + 1} - G\big(\phi_{(j)}\big) \Big)^2,
+        \qquad \phi_{(1)} \le \dots \le \phi_{(D)}.
+
+    In MSViT (Havtorn et al., ICCV Workshops 2023, arXiv 2307.02321) :math:`G` is a Normal or a Beta whose
+    mean is the target fraction of image regions that use fine tokens.
+
+    Args:
+        params: The parameters to shape, any shape with at least 2 elements.
+        hyperprior: Any object with a differentiable ``cdf`` and scalar parameters, e.g.
+            ``gbs_loss.priors.Normal(0.3, 0.1)``, ``gbs_loss.priors.Beta(3.0, 7.0)`` or
+            ``torch.distributions.Normal(0.3, 0.1)``.
+        ties: Give tied values the largest rank of their group.
+        validate_args: Check that ``params`` is finite.
+
+    Returns:
+        The scalar loss.
+
+    Shape:
+        - ``params``: any shape, :math:`D \ge 2` elements. Output: :math:`()`.
+
+    Example:
+        >>> from gbs_loss.functional import hyperprior_loss
+        >>> from gbs_loss.priors import Normal
+        >>> means = torch.rand(49, requires_grad=True)
+        >>> hyperprior_loss(means, Normal(0.3, 0.1)).shape
+        torch.Size([])
+    """
+    _check_options(hyperprior, None, ties, "mean", validate_args, prior_name="hyperprior")
+    _check_input(params, None, validate_args, name="params")
+    return _shaping_loss(params, hyperprior, None, ties, "mean", prior_name="hyperprior")

@@ -1,0 +1,351 @@
+r"""Module forms of the Batch-Shaping losses.
+
+* :class:`BatchShaping` -- a fixed prior; a thin wrapper of :func:`gbs_loss.functional.batch_shaping_loss`
+  (Bejnordi, Blankevoort, Welling, "Batch-Shaping for Learning Conditional Channel Gated Networks",
+  ICLR 2020).
+* :class:`GeneralizedBatchShaping` -- one learnable prior per position, a hyperprior on the learned means and
+  an L1 term on the temperatures (Havtorn, Royer, Blankevoort, Ehteshami Bejnordi, "MSViT: Dynamic
+  Mixed-Scale Tokenization for Vision Transformers", ICCV Workshops 2023, arXiv 2307.02321).
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from gbs_loss.functional import (
+    Reduction,
+    _check_input,
+    _check_options,
+    _shaping_loss,
+    batch_shaping_loss,
+    hyperprior_loss,
+)
+from gbs_loss.priors import Beta, Prior, RelaxedBernoulli
+
+__all__ = ["BatchShaping", "GeneralizedBatchShaping"]
+
+PriorFamily = Literal["relaxed_bernoulli", "beta"]
+_FAMILIES = ("relaxed_bernoulli", "beta")
+
+
+class BatchShaping(nn.Module):
+    r"""Batch-Shaping loss with a fixed prior, the module form of
+    :func:`~gbs_loss.functional.batch_shaping_loss`.
+
+    .. math::
+
+        L = \frac{1}{D} \sum_{k=1}^{D} \frac{1}{N} \sum_{i=1}^{N}
+            \Big( \frac{i}{N + 1} - F_k\big(x_{(i),k}\big) \Big)^2
+
+    (Bejnordi, Blankevoort, Welling, ICLR 2020). See the function for the conventions.
+
+    Args:
+        prior: Any object with a differentiable ``cdf``, e.g. ``gbs_loss.priors.Beta(0.6, 0.4)``; its
+            parameters broadcast against the positions. It is stored as given (not registered as a
+            submodule or parameter).
+        dim: The batch dimension; ``None`` flattens the input into one distribution.
+        ties: Give tied samples the largest rank of their group.
+        reduction: ``"mean"`` over positions, ``"sum"``, or ``"none"``.
+        validate_args: Check that the input is finite (synchronises with an accelerator).
+
+    Shape:
+        - Input: :math:`(N, *)` for ``dim=0``.
+        - Output: :math:`()`, or :math:`(*)` for ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss import BatchShaping
+        >>> from gbs_loss.priors import Beta
+        >>> criterion = BatchShaping(Beta(0.6, 0.4))
+        >>> gates = torch.rand(128, 16, requires_grad=True)
+        >>> criterion(gates).backward()
+        >>> gates.grad.shape
+        torch.Size([128, 16])
+    """
+
+    def __init__(
+        self,
+        prior: Any,
+        dim: int | None = 0,
+        ties: bool = False,
+        reduction: Reduction = "mean",
+        validate_args: bool = True,
+    ) -> None:
+        super().__init__()
+        _check_options(prior, dim, ties, reduction, validate_args)
+        self.prior = prior
+        self.dim = dim
+        self.ties = ties
+        self.reduction = reduction
+        self.validate_args = validate_args
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The loss of the batch ``x`` (see the class docstring)."""
+        return batch_shaping_loss(x, self.prior, self.dim, self.ties, self.reduction, self.validate_args)
+
+    def extra_repr(self) -> str:
+        return f"prior={self.prior!r}, dim={self.dim}, ties={self.ties}, reduction={self.reduction!r}"
+
+
+def _inverse_softplus(y: Tensor) -> Tensor:
+    """``log(exp(y) - 1)`` for ``y > 0``, accurate for large and small ``y``."""
+    return y + torch.log(-torch.expm1(-y))
+
+
+def _check_weight(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be finite and >= 0, got {value}")
+    return float(value)
+
+
+def _init_tensor(name: str, value: Any, positions: tuple[int, ...], ok, expected: str) -> Tensor:
+    """An initial value (number or tensor) broadcast to the positions, checked with ``ok``."""
+    if isinstance(value, Tensor):
+        if value.dtype == torch.bool or value.is_complex():
+            raise TypeError(f"{name} must be a real number or tensor, got a tensor of dtype {value.dtype}")
+        t = value.detach().to(torch.get_default_dtype())
+    elif isinstance(value, Real) and not isinstance(value, bool):
+        t = torch.tensor(float(value))
+    else:
+        raise TypeError(f"{name} must be a real number or tensor, got {type(value).__name__}")
+    if not bool(ok(t).all()):
+        bad = t[~ok(t)].reshape(-1)[0].item()
+        shown = f"{bad:g}" if t.numel() == 1 else f"a tensor with values such as {bad:g}"
+        raise ValueError(f"{name} must be {expected}, got {shown}")
+    try:
+        t = t.expand(positions).clone()
+    except RuntimeError:
+        raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to the positions {positions}") from None
+    return t
+
+
+class GeneralizedBatchShaping(nn.Module):
+    r"""Generalized Batch-Shaping: one learned prior per position, shaped in turn by a hyperprior.
+
+    For samples :math:`x` of shape :math:`(N, *\text{positions})` (``dim=0``) with :math:`D` positions,
+    learned per-position priors :math:`F_k(\,\cdot\,; \phi_k)` and a hyperprior CDF :math:`G`,
+
+    .. math::
+
+        L = w_p \underbrace{\frac{1}{D} \sum_{k=1}^{D} \frac{1}{N} \sum_{i=1}^{N}
+            \Big( \frac{i}{N+1} - F_k(x_{(i),k}; \phi_k) \Big)^2}_{\text{prior}}
+          + w_h \underbrace{\frac{1}{D} \sum_{j=1}^{D}
+            \Big( \frac{j}{D+1} - G(m_{(j)}) \Big)^2}_{\text{hyperprior}}
+          + w_t \underbrace{\frac{1}{D} \sum_{k=1}^{D} \lambda_k}_{\text{temperature}}
+
+    where :math:`m_{(1)} \le \dots \le m_{(D)}` are the learned prior means sorted and :math:`\lambda_k > 0`
+    the temperatures (an L1 term: a small weight favours peaky, nearly binary priors and so binary gates).
+    This is the loss of MSViT's gate (Havtorn, Royer, Blankevoort, Ehteshami Bejnordi, ICCV Workshops 2023,
+    arXiv 2307.02321): each position of the gate grid may learn its own rate of fine tokens, while the
+    hyperprior -- e.g. a Normal whose mean is the target fraction of fine tokens -- keeps the rates in check.
+    Gradients reach the samples (through the prior densities) and the priors' parameters; the hyperprior is
+    fixed.
+
+    Priors (``prior``):
+
+    * ``"relaxed_bernoulli"``: :class:`~gbs_loss.priors.RelaxedBernoulli` with mean
+      :math:`m_k = \sigma(u_k)` and temperature :math:`\lambda_k = \operatorname{softplus}(r_k)`, parameters
+      ``mean_logits`` :math:`u` and ``raw_temperatures`` :math:`r`.
+    * ``"beta"``: :class:`~gbs_loss.priors.Beta` with mean :math:`m_k = \sigma(u_k)` and concentration
+      :math:`c_k = a_k + b_k = \operatorname{softplus}(r_k)` (so :math:`a_k = m_k c_k`,
+      :math:`b_k = (1 - m_k) c_k`), parameters ``mean_logits`` and ``raw_concentrations``; the temperature
+      term then applies to the concentrations (a small concentration, too, puts the mass near 0 and 1).
+
+    The parametrisation has no constraints, so any optimiser can train it. The defaults start every prior
+    as the uniform distribution (mean 1/2, temperature 1 or concentration 2), which commits to nothing.
+
+    After each forward, :attr:`components` holds the detached terms ``"prior"``, ``"hyperprior"``,
+    ``"temperature"`` (unweighted) and ``"total"`` for logging, without synchronising with an accelerator.
+
+    Args:
+        positions: The shape of the positions, an int or a tuple, e.g. ``49`` or ``(7, 7)``.
+        prior: ``"relaxed_bernoulli"`` (MSViT) or ``"beta"``.
+        hyperprior: Any object with a differentiable ``cdf`` and scalar parameters acting on the learned
+            means, e.g. ``gbs_loss.priors.Normal(0.3, 0.1, validate_args=False)`` or
+            ``gbs_loss.priors.Beta(3.0, 7.0)``; ``None`` for no hyperprior term. Stored as given.
+        init_mean: Initial means in ``(0, 1)``, a number or a tensor broadcasting to ``positions``.
+        init_temperature: Initial temperatures ``> 0`` (Relaxed Bernoulli).
+        init_concentration: Initial concentrations :math:`a + b > 0` (Beta).
+        prior_weight: :math:`w_p \ge 0`.
+        hyperprior_weight: :math:`w_h \ge 0`.
+        temperature_weight: :math:`w_t \ge 0`; 0 (the default) leaves the temperatures free.
+        dim: The batch dimension of the input.
+        ties: Give tied samples the largest rank of their group (in both terms).
+        validate_args: Check that the input is finite (synchronises with an accelerator). The hyperprior's
+            own checks are governed by its own ``validate_args``.
+
+    Shape:
+        - Input: :math:`(N, *\text{positions})` for ``dim=0``; in general the batch along ``dim`` and the
+          remaining dimensions broadcasting from ``positions``.
+        - Output: :math:`()`.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss import GeneralizedBatchShaping
+        >>> from gbs_loss.priors import Normal
+        >>> gbas = GeneralizedBatchShaping((7, 7), hyperprior=Normal(0.3, 0.1), temperature_weight=0.01)
+        >>> gates = torch.rand(32, 7, 7, requires_grad=True)
+        >>> loss = gbas(gates)
+        >>> loss.backward()
+        >>> sorted(gbas.components), gbas.means.shape, gbas.temperatures.shape
+        (['hyperprior', 'prior', 'temperature', 'total'], torch.Size([7, 7]), torch.Size([7, 7]))
+    """
+
+    components: dict[str, Tensor]
+
+    def __init__(
+        self,
+        positions: int | tuple[int, ...],
+        prior: PriorFamily = "relaxed_bernoulli",
+        hyperprior: Any = None,
+        *,
+        init_mean: float | Tensor = 0.5,
+        init_temperature: float | Tensor = 1.0,
+        init_concentration: float | Tensor = 2.0,
+        prior_weight: float = 1.0,
+        hyperprior_weight: float = 1.0,
+        temperature_weight: float = 0.0,
+        dim: int = 0,
+        ties: bool = False,
+        validate_args: bool = True,
+    ) -> None:
+        super().__init__()
+        given = positions
+        if isinstance(positions, int) and not isinstance(positions, bool):
+            positions = (positions,)
+        if (
+            not isinstance(positions, (tuple, list))
+            or not positions
+            or not all(isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in positions)
+        ):
+            raise ValueError(f"positions must be a positive int or a non-empty tuple of positive ints, got {given!r}")
+        self.positions = tuple(positions)
+        if prior not in _FAMILIES:
+            raise ValueError(f"prior must be one of {_FAMILIES}, got {prior!r}")
+        self.family = prior
+        if hyperprior is not None:
+            _check_options(hyperprior, None, ties, "mean", validate_args, prior_name="hyperprior")
+            if math.prod(self.positions) < 2:
+                raise ValueError(f"a hyperprior needs at least 2 positions to shape, got positions {self.positions}")
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+        _check_options(None, dim, ties, "mean", validate_args, check_prior=False)
+        self.hyperprior = hyperprior
+        self.prior_weight = _check_weight("prior_weight", prior_weight)
+        self.hyperprior_weight = _check_weight("hyperprior_weight", hyperprior_weight)
+        self.temperature_weight = _check_weight("temperature_weight", temperature_weight)
+        self.dim = dim
+        self.ties = ties
+        self.validate_args = validate_args
+
+        mean = _init_tensor("init_mean", init_mean, self.positions, lambda t: (t > 0) & (t < 1), "in (0, 1)")
+        self.mean_logits = nn.Parameter(torch.logit(mean))
+        if prior == "relaxed_bernoulli":
+            spread = _init_tensor(
+                "init_temperature",
+                init_temperature,
+                self.positions,
+                lambda t: (t > 0) & torch.isfinite(t),
+                "> 0 and finite",
+            )
+            self.raw_temperatures = nn.Parameter(_inverse_softplus(spread))
+        else:
+            spread = _init_tensor(
+                "init_concentration",
+                init_concentration,
+                self.positions,
+                lambda t: (t > 0) & torch.isfinite(t),
+                "> 0 and finite",
+            )
+            self.raw_concentrations = nn.Parameter(_inverse_softplus(spread))
+        self.components = {}
+
+    # -- the learned priors ---------------------------------------------------------------------------------
+    @property
+    def means(self) -> Tensor:
+        r"""The learned prior means :math:`\sigma(u)`, shape ``positions`` (differentiable)."""
+        return torch.sigmoid(self.mean_logits)
+
+    @property
+    def temperatures(self) -> Tensor | None:
+        """The learned temperatures, shape ``positions`` (differentiable); ``None`` for the Beta prior."""
+        if self.family != "relaxed_bernoulli":
+            return None
+        return nn.functional.softplus(self.raw_temperatures)
+
+    @property
+    def concentrations(self) -> Tensor | None:
+        """The learned concentrations ``a + b``, shape ``positions``; ``None`` for the Relaxed Bernoulli."""
+        if self.family != "beta":
+            return None
+        return nn.functional.softplus(self.raw_concentrations)
+
+    def prior(self) -> Prior:
+        """The current learned priors as one prior object with parameters of shape ``positions``.
+
+        Its parameters are differentiable functions of the module's parameters; argument validation is off
+        (the parametrisation keeps them valid).
+        """
+        return self._learned()[0]
+
+    def _learned(self) -> tuple[Prior, Tensor]:
+        """The learned prior and its spread parameters (temperatures or concentrations)."""
+        spread = nn.functional.softplus(
+            self.raw_temperatures if self.family == "relaxed_bernoulli" else self.raw_concentrations
+        )
+        if self.family == "relaxed_bernoulli":
+            prior = RelaxedBernoulli(logits=self.mean_logits, temperature=spread, validate_args=False)
+        else:
+            u = self.mean_logits
+            prior = Beta(torch.sigmoid(u) * spread, torch.sigmoid(-u) * spread, validate_args=False)
+        return prior, spread
+
+    # -- the loss -------------------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        """The total loss of the batch ``x``; the terms are left in :attr:`components`."""
+        dim = _check_input(x, self.dim, self.validate_args)
+        found = x.shape[:dim] + x.shape[dim + 1 :]
+        try:
+            ok = torch.broadcast_shapes(found, self.positions) == found
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"x of shape {tuple(x.shape)} has positions {tuple(found)} (its shape without dim "
+                f"{dim}), which do not match the module's positions {self.positions}"
+            )
+        prior, spread = self._learned()
+        prior_term = _shaping_loss(x, prior, dim, self.ties, "mean")
+        total = prior_term if self.prior_weight == 1 else self.prior_weight * prior_term
+        if self.hyperprior is not None:
+            hyper_term = hyperprior_loss(self.means, self.hyperprior, ties=self.ties, validate_args=False)
+            if self.hyperprior_weight != 0:
+                total = torch.add(total, hyper_term, alpha=self.hyperprior_weight)
+        else:
+            hyper_term = prior_term.new_zeros(())
+        if self.temperature_weight != 0:
+            temp_term = spread.mean()
+            total = torch.add(total, temp_term, alpha=self.temperature_weight)
+        else:
+            temp_term = spread.detach().mean()
+        self.components = {
+            "prior": prior_term.detach(),
+            "hyperprior": hyper_term.detach(),
+            "temperature": temp_term.detach(),
+            "total": total.detach(),
+        }
+        return total
+
+    def extra_repr(self) -> str:
+        return (
+            f"positions={self.positions}, prior={self.family!r}, hyperprior={self.hyperprior!r}, "
+            f"prior_weight={self.prior_weight}, hyperprior_weight={self.hyperprior_weight}, "
+            f"temperature_weight={self.temperature_weight}, dim={self.dim}, ties={self.ties}"
+        )
