@@ -89,20 +89,32 @@ _TINY = 1.0e-300
 # Elementary pieces (float64 tensors in, float64 tensors out; all differentiable by autograd).
 # ----------------------------------------------------------------------------------------------------------
 def _stirling_delta(z: Tensor) -> Tensor:
-    r"""Stirling correction :math:`\Delta(z) = \log\Gamma(z) - (z - 1/2)\log z + z - \log\sqrt{2\pi}`.
+    r"""Stirling correction :math:`\Delta(z) = \log\Gamma(z) - (z - 1/2)\log z + z - \log\sqrt{2\pi}`, :math:`z \ge 10`.
 
-    Series for :math:`z \ge 10`, direct evaluation below. Shape: elementwise.
+    Eight terms of the asymptotic series :math:`\sum_k B_{2k} / (2k(2k-1) z^{2k-1})`; at :math:`z = 10` the first
+    omitted term is below 1e-17 of the sum. Shape: elementwise.
     """
-    large = z >= _LARGE
-    zl = torch.where(large, z, torch.full_like(z, _LARGE))
-    w = 1.0 / (zl * zl)
+    w = 1.0 / (z * z)
     series = torch.zeros_like(z)
     for c in reversed(_STIRLING):
         series = series * w + c
-    series = series / zl
-    zs = torch.where(large, torch.ones_like(z), z)
-    direct = torch.lgamma(zs) - (zs - 0.5) * torch.log(zs) + zs - _HALF_LOG_2PI
-    return torch.where(large, series, direct)
+    return series / z
+
+
+def _piecewise(mask: Tensor, fn, args: tuple[Tensor, ...], safe: tuple[float, ...], compact: bool) -> Tensor:
+    """``fn(*args)`` where ``mask`` holds (zero elsewhere), evaluated only where it is needed.
+
+    With ``compact`` (CPU) ``fn`` runs on the masked subset alone; otherwise on full tensors whose unmasked
+    entries are replaced by the harmless values ``safe`` (so that neither the value nor the gradient of the
+    branch not taken can be inf or NaN), with no host synchronisation.
+    """
+    if compact:
+        out = torch.zeros_like(args[0])
+        if bool(mask.any()):
+            out[mask] = fn(*(t[mask] for t in args))
+        return out
+    value = fn(*(torch.where(mask, t, v) for t, v in zip(args, safe, strict=True)))
+    return torch.where(mask, value, torch.zeros_like(value))
 
 
 def _bcorr(p: Tensor, q: Tensor) -> Tensor:
@@ -167,31 +179,34 @@ def _lgamma_diff(q: Tensor, p: Tensor) -> Tensor:
     return -_lgamma_ratio(p, qs) - torch.where(shift, corr, torch.zeros_like(corr))
 
 
-def _betaln64(a: Tensor, b: Tensor) -> Tensor:
-    r""":math:`\log B(a, b)` for positive float64 tensors of one shape (see :func:`betaln`)."""
+def _betaln_small(p: Tensor, q: Tensor) -> Tensor:
+    return torch.lgamma(p) + torch.lgamma(q) - torch.lgamma(p + q)
+
+
+def _betaln_mixed(p: Tensor, q: Tensor) -> Tensor:
+    return torch.lgamma(p) + _lgamma_ratio(p, q)
+
+
+def _betaln_large(p: Tensor, q: Tensor) -> Tensor:
+    return _HALF_LOG_2PI - 0.5 * torch.log(q) - (p - 0.5) * torch.log1p(q / p) - q * torch.log1p(p / q) + _bcorr(p, q)
+
+
+def _betaln64(a: Tensor, b: Tensor, compact: bool = False) -> Tensor:
+    r""":math:`\log B(a, b)` for positive float64 tensors of one shape (see :func:`betaln`).
+
+    Three regimes with :math:`p = \min(a, b)`, :math:`q = \max(a, b)`: both below 10, log-gamma sums; only
+    :math:`q \ge 10`, :math:`\log\Gamma(p) + (\log\Gamma(q) - \log\Gamma(p+q))` with the difference from
+    Stirling's series; both at least 10, Stirling's series for all three gammas with the large terms combined
+    analytically (TOMS 708 ``betaln``).
+    """
     p = torch.minimum(a, b)
     q = torch.maximum(a, b)
     both_large = p >= _LARGE
     one_large = (q >= _LARGE) & ~both_large
-    # Sanitised arguments so that the branch not taken never produces inf or NaN (for clean gradients).
-    one = torch.ones_like(p)
-    big = torch.full_like(p, _LARGE)
-    p_s = torch.where(both_large, one, p)
-    q_s = torch.where(both_large | one_large, one, q)
-    small = torch.lgamma(p_s) + torch.lgamma(q_s) - torch.lgamma(p_s + q_s)
-    q_m = torch.where(one_large, q, big)
-    p_m = torch.where(one_large, p, one)
-    mixed = torch.lgamma(p_m) + _lgamma_ratio(p_m, q_m)
-    p_l = torch.where(both_large, p, big)
-    q_l = torch.where(both_large, q, big)
-    large = (
-        _HALF_LOG_2PI
-        - 0.5 * torch.log(q_l)
-        - (p_l - 0.5) * torch.log1p(q_l / p_l)
-        - q_l * torch.log1p(p_l / q_l)
-        + _bcorr(p_l, q_l)
-    )
-    return torch.where(both_large, large, torch.where(one_large, mixed, small))
+    small = ~(both_large | one_large)
+    out = _piecewise(small, _betaln_small, (p, q), (1.0, 1.0), compact)
+    out = out + _piecewise(one_large, _betaln_mixed, (p, q), (1.0, _LARGE), compact)
+    return out + _piecewise(both_large, _betaln_large, (p, q), (_LARGE, _LARGE), compact)
 
 
 def _rlog1(e: Tensor) -> Tensor:
@@ -260,32 +275,37 @@ def _lambda(p: Tensor, q: Tensor, xx: Tensor, yy: Tensor, xx_exact: Tensor) -> T
     return d + torch.where(xx_exact, d_err - tail, d_err + tail)
 
 
-def _log_prefactor(a: Tensor, b: Tensor, lam: Tensor, logx: Tensor, logy: Tensor) -> Tensor:
+def _log_prefactor_stirling(a: Tensor, b: Tensor, lam: Tensor, logx: Tensor, logy: Tensor) -> Tensor:
+    e1 = -lam / a
+    e2 = lam / b
+    u = _rlog1_any(e1, logx + torch.log1p(b / a))
+    v = _rlog1_any(e2, logy + torch.log1p(a / b))
+    half_log = 0.5 * (torch.log(a) + torch.log(b) - torch.log(a + b))
+    return -(a * u + b * v) + half_log - _HALF_LOG_2PI - _bcorr(a, b)
+
+
+def _log_prefactor_direct(a: Tensor, b: Tensor, logx: Tensor, logy: Tensor) -> Tensor:
+    return a * logx + b * logy - _betaln64(a, b)
+
+
+def _log_prefactor(a: Tensor, b: Tensor, lam: Tensor, logx: Tensor, logy: Tensor, compact: bool = False) -> Tensor:
     r""":math:`\log\left(x^a y^b / B(a, b)\right)` for interior ``x``, accurate for large ``a`` and ``b``.
 
     For :math:`\min(a,b) \ge 10` (TOMS 708 ``brcomp``): with :math:`\lambda = a - (a+b)x`,
     :math:`x_0 = a/(a+b)`, :math:`e_1 = x/x_0 - 1 = -\lambda/a`, :math:`e_2 = y/y_0 - 1 = \lambda/b`,
 
     .. math:: \log\frac{x^a y^b}{B(a,b)} = -a\,\mathrm{rlog1}(e_1) - b\,\mathrm{rlog1}(e_2)
-        + \tfrac12\log\frac{ab}{a+b} - \log\sqrt{2\pi} - \Delta(a) - \Delta(b) + \Delta(a+b).
+        + \tfrac12\log\frac{ab}{a+b} - \log\sqrt{2\pi} - \Delta(a) - \Delta(b) + \Delta(a+b),
+
+    where the terms of size :math:`a \log x` have cancelled analytically. Otherwise
+    :math:`a \log x + b \log y - \log B(a, b)` with an accurate :math:`\log B`.
     """
     large = torch.minimum(a, b) >= _LARGE
-    big = torch.full_like(a, _LARGE)
-    a_l = torch.where(large, a, big)
-    b_l = torch.where(large, b, big)
-    s = a_l + b_l
-    e1 = -lam / a_l
-    e2 = lam / b_l
-    u = _rlog1_any(e1, logx + torch.log1p(b_l / a_l))
-    v = _rlog1_any(e2, logy + torch.log1p(a_l / b_l))
-    stirling = (
-        -(a_l * u + b_l * v) + 0.5 * (torch.log(a_l) + torch.log(b_l) - torch.log(s)) - _HALF_LOG_2PI - _bcorr(a_l, b_l)
+    stirling = _piecewise(
+        large, _log_prefactor_stirling, (a, b, lam, logx, logy), (_LARGE, _LARGE, 0.0, -0.69, -0.69), compact
     )
-    one = torch.ones_like(a)
-    a_s = torch.where(large, one, a)
-    b_s = torch.where(large, one, b)
-    direct = a_s * logx + b_s * logy - _betaln64(a_s, b_s)
-    return torch.where(large, stirling, direct)
+    direct = _piecewise(~large, _log_prefactor_direct, (a, b, logx, logy), (1.0, 1.0, -0.69, -0.69), compact)
+    return stirling + direct
 
 
 def _digamma_diff(d: Tensor, delta: Tensor) -> Tensor:
@@ -323,34 +343,48 @@ def _digamma_diff(d: Tensor, delta: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------
 # The continued fraction with forward-mode derivatives.
 # ----------------------------------------------------------------------------------------------------------
-def _lentz_step(al, dap, daq, be, dbp, dbq, c, d, dcp, dcq, ddp, ddq):
-    """One modified-Lentz step ``F <- ... + al / (be + ...)`` with the derivatives of ``al`` and ``be``.
+def _fraction_coefficients(n: int, p: Tensor, q: Tensor, x: Tensor, y: Tensor, inv: dict[str, Tensor]):
+    """Coefficients ``alpha_n``, ``beta_n`` of the fraction and their derivatives with respect to ``p`` and ``q``.
 
-    Returns the new state ``(C, D, dC/dp, dC/dq, dD/dp, dD/dq)``, the factor ``C D`` by which the estimate of
-    ``F`` is multiplied, and the increments of ``d log F / dp`` and ``d log F / dq``.
+    ``inv`` holds loop invariants: ``pq`` (p + q), ``x2`` (x^2), ``yp1`` (1 + y), ``one_lam`` (1 + lambda).
     """
-    den = be + al * d
-    den = torch.where(den.abs() < _TINY, torch.full_like(den, _TINY), den)
-    d_new = 1.0 / den
-    inv_c = 1.0 / c
-    c_new = be + al * inv_c
-    c_new = torch.where(c_new.abs() < _TINY, torch.full_like(c_new, _TINY), c_new)
-    d2 = d_new * d_new
-    ddp_new = -d2 * (dbp + dap * d + al * ddp)
-    ddq_new = -d2 * (dbq + daq * d + al * ddq)
-    dcp_new = dbp + (dap - al * dcp * inv_c) * inv_c
-    dcq_new = dbq + (daq - al * dcq * inv_c) * inv_c
-    inv_cn = 1.0 / c_new
-    factor = c_new * d_new
-    gp = dcp_new * inv_cn + ddp_new * den
-    gq = dcq_new * inv_cn + ddq_new * den
-    return (c_new, d_new, dcp_new, dcq_new, ddp_new, ddq_new), factor, gp, gq
+    s = p + (2 * n - 1)
+    inv_s = 1.0 / s
+    s2 = p + (2 * n + 1)
+    pq = inv["pq"] + (n - 1)
+    inv_pq = 1.0 / pq
+    # alpha_n = P * Q with P = (p + n - 1)(p + q + n - 1) x^2 / s^2 and Q = n (q - n); alpha_1 is divided by p.
+    if n == 1:
+        big_p = pq * inv["x2"] * inv_s * inv_s
+        dlogp_p = inv_pq - 2.0 * inv_s
+    else:
+        pn1 = p + (n - 1)
+        big_p = pn1 * pq * inv["x2"] * inv_s * inv_s
+        dlogp_p = 1.0 / pn1 + inv_pq - 2.0 * inv_s
+    big_q = n * (q - n)
+    al = big_p * big_q
+    dap = al * dlogp_p
+    daq = big_p * (n + big_q * inv_pq)
+    # beta_n = n + n (q - n) x / s + u (1 + lambda + n (1 + y)) with u = (p + n) / (p + 2n + 1).
+    inv_s2 = 1.0 / s2
+    u = (p + n) * inv_s2
+    ell = inv["one_lam"] + n * inv["yp1"]
+    w = big_q * x * inv_s
+    be = n + w + u * ell
+    dbp = (n + 1.0) * inv_s2 * inv_s2 * ell + u * y - w * inv_s
+    dbq = x * (n * inv_s - u)
+    return al, dap, daq, be, dbp, dbq
+
+
+def _check_now(n: int) -> bool:
+    """Steps after which converged elements leave the working set (CPU): every 4 up to 32, then every 8."""
+    return (n >= 8 and n % 4 == 0 and n <= 32) or (n > 32 and n % 8 == 0) or n == _MAX_STEPS
 
 
 def _continued_fraction(
     p: Tensor, q: Tensor, x: Tensor, y: Tensor, lam: Tensor, compact: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
-    r"""Evaluate :math:`G = a F` for :math:`I_x(p, q) = x^p y^q / (p\,B(p, q)\,G)` and its log-derivatives.
+    r"""Evaluate :math:`G` in :math:`I_x(p, q) = x^p y^q / (p\,B(p, q)\,G)` and its log-derivatives.
 
     The fraction is the even contraction of the classical one, written with
     :math:`\lambda = (p+q)y - q` so that no step cancels when :math:`x` is close to 1 (Didonato & Morris 1992,
@@ -364,77 +398,81 @@ def _continued_fraction(
 
         \beta_n = n + \frac{n(q-n)x}{p+2n-1} + \frac{p+n}{p+2n+1}\left(1 + \lambda + n(1+y)\right).
 
-    Returns ``(log G, d log G / dp, d log G / dq)``. With ``compact`` (CPU), converged elements leave the
-    working set every few steps; otherwise (any other device) a fixed number of steps runs with
-    convergence masks and no host synchronisation.
+    Modified Lentz algorithm, differentiated in forward mode: with :math:`C_n = \beta_n + \alpha_n / C_{n-1}`,
+    :math:`D_n = 1 / (\beta_n + \alpha_n D_{n-1})` and :math:`G_n = G_{n-1} C_n D_n`, the relative derivatives
+    :math:`\dot C_n / C_n` and :math:`\dot D_n / D_n` obey first-order recurrences, and
+    :math:`\partial \log G = \sum_n (\dot C_n / C_n + \dot D_n / D_n)`.
+
+    Returns ``(log G, d log G / dp, d log G / dq)``. With ``compact`` (CPU), converged elements leave the working
+    set at a few checkpoints; otherwise (any other device) a fixed number of steps runs with convergence masks
+    and no host synchronisation.
     """
-    out_logf = torch.zeros_like(x)
-    out_gp = torch.zeros_like(x)
-    out_gq = torch.zeros_like(x)
+    out = [torch.empty_like(x) for _ in range(3)]
     idx = torch.arange(x.numel(), device=x.device) if compact else None
-    # beta_0 and its derivatives (d lambda / dp = y, d lambda / dq = -x).
-    p1 = p + 1.0
     one_lam = 1.0 + lam
+    inv = {"pq": p + q, "x2": x * x, "yp1": 1.0 + y, "one_lam": one_lam}
+    # beta_0 and its derivatives (d lambda / dp = y, d lambda / dq = -x); C_0 = beta_0, D_0 = 0.
+    p1 = p + 1.0
     be0 = one_lam / p1
-    dbe0p = (y - be0) / p1
-    dbe0q = -x / p1
-    logf = torch.log(be0)
-    acc_gp = dbe0p / be0
-    acc_gq = dbe0q / be0
-    zeros = torch.zeros_like(x)
-    state = (be0, zeros, dbe0p, dbe0q, zeros, zeros)
-    yp1 = 1.0 + y
-    x2 = x * x
-    done = torch.zeros_like(x, dtype=torch.bool)
+    inv_c = 1.0 / be0
+    rcp = (y - be0) * inv_c / p1
+    rcq = -x * inv_c / p1
+    d = torch.zeros_like(x)
+    rdp = torch.zeros_like(x)
+    rdq = torch.zeros_like(x)
+    g = be0.clone()
+    gp = rcp.clone()
+    gq = rcq.clone()
+    done = None if compact else torch.zeros_like(x, dtype=torch.bool)
     for n in range(1, _MAX_STEPS + 1):
-        s = p + (2 * n - 1)
-        s2 = s + 2.0
-        pq = p + q + (n - 1)
-        pn1 = p + (n - 1)
-        # alpha_n = P * Q with P = (p+n-1)(p+q+n-1) x^2 / s^2 and Q = n (q - n); alpha_1 is divided by p.
-        if n == 1:
-            big_p = pq * x2 / (s * s)
-            dlogp_p = 1.0 / pq - 2.0 / s
-        else:
-            big_p = pn1 * pq * x2 / (s * s)
-            dlogp_p = 1.0 / pn1 + 1.0 / pq - 2.0 / s
-        big_q = n * (q - n)
-        al = big_p * big_q
-        dap = al * dlogp_p
-        daq = big_p * (n + big_q / pq)
-        # beta_n = n + n (q - n) x / s + u (1 + lambda + n (1 + y)) with u = (p + n) / (p + 2n + 1).
-        u = (p + n) / s2
-        ell = one_lam + n * yp1
-        w = big_q * x / s
-        be = n + w + u * ell
-        dbp = -w / s + (n + 1.0) / (s2 * s2) * ell + u * y
-        dbq = n * x / s - u * x
-        state, factor, dgp, dgq = _lentz_step(al, dap, daq, be, dbp, dbq, *state)
-        logf = torch.where(done, logf, logf + torch.log(factor))
-        acc_gp = torch.where(done, acc_gp, acc_gp + dgp)
-        acc_gq = torch.where(done, acc_gq, acc_gq + dgq)
-        conv = ((factor - 1.0).abs() <= _TOL) & (dgp.abs() <= _TOL * acc_gp.abs()) & (dgq.abs() <= _TOL * acc_gq.abs())
-        done = done | conv
-        if compact and (n % _CHUNK == 0 or n == _MAX_STEPS):
-            if bool(done.any()):
-                sel = idx[done]
-                out_logf[sel] = logf[done]
-                out_gp[sel] = acc_gp[done]
-                out_gq[sel] = acc_gq[done]
-                keep = ~done
+        al, dap, daq, be, dbp, dbq = _fraction_coefficients(n, p, q, x, y, inv)
+        den = be + al * d
+        den = torch.where(den == 0, _TINY, den)
+        d_new = 1.0 / den
+        c_new = be + al * inv_c
+        c_new = torch.where(c_new == 0, _TINY, c_new)
+        inv_cn = 1.0 / c_new
+        # dD'/D' = -D' (beta' + D (alpha' + alpha dD/D));  dC'/C' = (beta' + (alpha' - alpha dC/C) / C) / C'.
+        rdp = -d_new * (dbp + d * (dap + al * rdp))
+        rdq = -d_new * (dbq + d * (daq + al * rdq))
+        rcp = (dbp + (dap - al * rcp) * inv_c) * inv_cn
+        rcq = (dbq + (daq - al * rcq) * inv_c) * inv_cn
+        inc_p = rcp + rdp
+        inc_q = rcq + rdq
+        factor = c_new * d_new
+        d = d_new
+        inv_c = inv_cn
+        if compact:
+            g.mul_(factor)
+            gp.add_(inc_p)
+            gq.add_(inc_q)
+            if not _check_now(n):
+                continue
+            conv = ((factor - 1.0).abs() <= _TOL) & (inc_p.abs() <= _TOL * gp.abs()) & (inc_q.abs() <= _TOL * gq.abs())
+            if n == _MAX_STEPS:
+                conv = torch.ones_like(conv)
+            if bool(conv.any()):
+                sel = idx[conv]
+                for o, t in zip(out, (g, gp, gq), strict=True):
+                    o[sel] = t[conv]
+                keep = ~conv
                 if not bool(keep.any()):
-                    return out_logf, out_gp, out_gq
+                    break
                 idx = idx[keep]
-                p, q, x, y, one_lam, yp1, x2 = (t[keep] for t in (p, q, x, y, one_lam, yp1, x2))
-                state = tuple(t[keep] for t in state)
-                logf, acc_gp, acc_gq, done = logf[keep], acc_gp[keep], acc_gq[keep], done[keep]
-    if compact:
-        # Elements that never met the tolerance keep their last (most accurate) estimate.
-        out_logf[idx] = logf
-        out_gp[idx] = acc_gp
-        out_gq[idx] = acc_gq
-        return out_logf, out_gp, out_gq
-    return logf, acc_gp, acc_gq
+                p, q, x, y = p[keep], q[keep], x[keep], y[keep]
+                inv = {k: v[keep] for k, v in inv.items()}
+                d, inv_c, rdp, rdq, rcp, rcq = d[keep], inv_c[keep], rdp[keep], rdq[keep], rcp[keep], rcq[keep]
+                g, gp, gq = g[keep], gp[keep], gq[keep]
+        else:
+            g = torch.where(done, g, g * factor)
+            gp = torch.where(done, gp, gp + inc_p)
+            gq = torch.where(done, gq, gq + inc_q)
+            done = done | (
+                ((factor - 1.0).abs() <= _TOL) & (inc_p.abs() <= _TOL * gp.abs()) & (inc_q.abs() <= _TOL * gq.abs())
+            )
+    if not compact:
+        out = [g, gp, gq]
+    return torch.log(out[0]), out[1], out[2]
 
 
 def _complement_series(p: Tensor, q: Tensor, xx: Tensor, logxx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -496,8 +534,8 @@ def _betainc_kernel(a: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Te
     logyy = torch.where(swap, logx, logy)
     # lambda = (p + q) yy - q, from x itself (exact) rather than from the rounded 1 - x.
     lam = _lambda(p, q, xx, yy, ~swap)
-    logk = _log_prefactor(p, q, lam, logxx, logyy)
     compact = x.device.type == "cpu" and not torch.compiler.is_compiling()
+    logk = _log_prefactor(p, q, lam, logxx, logyy, compact)
     logf, gp, gq = _continued_fraction(p, q, xx, yy, lam, compact)
     # J = I_xx(p, q) = K / p / F with K = xx^p yy^q / B(p, q).
     j = torch.exp(logk - torch.log(p) - logf)
