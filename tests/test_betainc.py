@@ -1,0 +1,652 @@
+"""Tests of the special functions: ``betainc`` (the Beta CDF) with its gradients, ``betaln``, the log-density.
+
+Oracles:
+
+* ``tests/data/betainc_oracle.npz``: I_x(a, b), dI/da, dI/db and dI/dx computed with mpmath at 50 digits by
+  ``scripts/make_betainc_oracle.py`` on seeded points in named regions (every a, b and, except where flagged,
+  x exactly representable in float32, so one table serves both dtypes);
+* ``scipy.special.betainc`` / ``betaln`` and ``scipy.stats.beta.logpdf`` for values on wide seeded grids
+  (where scipy is itself inaccurate, mpmath settles the comparison);
+* closed forms evaluated with mpmath.
+
+Relative errors are ``|got - ref| / max(|ref|, floor)`` with ``floor = tiny / 1e-12`` in float64 and
+``tiny / 1e-5`` in float32 (``tiny``: the smallest normal number of the dtype; 1e-12 and 1e-5: the value
+tolerances). Below the floor a result is only required to be within about ``tiny`` of the reference in
+absolute terms: near underflow the format itself cannot hold the required relative accuracy (subnormals lose
+digits; scipy flushes them to zero). NaN or infinite results count as an infinite error.
+
+Required accuracy (the contract of :func:`gbs_loss.betainc`): float64 value 1e-12, gradients 1e-11; float32
+value 1e-5, gradients 1e-4; no NaN or inf anywhere in the domain.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+from pathlib import Path
+
+import mpmath
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy import special, stats
+
+from gbs_loss import beta_log_prob, betainc, betaln
+
+DATA = Path(__file__).parent / "data" / "betainc_oracle.npz"
+QUANTITIES = ("value", "d_a", "d_b", "d_x")
+TOLERANCE = {
+    torch.float64: {"value": 1e-12, "d_a": 1e-11, "d_b": 1e-11, "d_x": 1e-11},
+    torch.float32: {"value": 1e-5, "d_a": 1e-4, "d_b": 1e-4, "d_x": 1e-4},
+}
+F64 = torch.float64
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# --------------------------------------------------------------------------------------------------------
+# Helpers.
+# --------------------------------------------------------------------------------------------------------
+def rel_err(got: np.ndarray, ref: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """Relative error with the floor of the module docstring; NaN or inf results count as inf."""
+    floor = torch.finfo(dtype).tiny / TOLERANCE[dtype]["value"]
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.abs(got - ref) / np.maximum(np.abs(ref), floor)
+    return np.where(np.isfinite(got) & np.isfinite(err), err, np.inf)
+
+
+def value_and_grads(a, b, x, dtype: torch.dtype = F64) -> dict[str, np.ndarray]:
+    """I_x(a, b) and its three partial derivatives (elementwise, as float64 numpy arrays)."""
+    ta, tb, tx = (torch.tensor(np.asarray(v, dtype=np.float64), dtype=dtype, requires_grad=True) for v in (a, b, x))
+    out = betainc(ta, tb, tx)
+    out.backward(torch.ones_like(out))
+    return {
+        "value": out.detach().double().numpy(),
+        "d_a": ta.grad.double().numpy(),
+        "d_b": tb.grad.double().numpy(),
+        "d_x": tx.grad.double().numpy(),
+    }
+
+
+def report(errors: dict[str, np.ndarray], tol: dict[str, float], points, got, ref, label: str) -> list[str]:
+    """Messages for the quantities whose largest error exceeds its tolerance, with the worst points."""
+    a, b, x = points
+    lines = []
+    for q, err in errors.items():
+        if not err.max() <= tol[q]:
+            lines.append(f"{label} {q}: max rel. error {err.max():.3e} > {tol[q]:.0e}")
+            for i in np.argsort(-err)[:5]:
+                if err[i] > tol[q]:
+                    lines.append(
+                        f"    a={a[i]!r} b={b[i]!r} x={x[i]!r}: got {got[q][i]!r}, ref {ref[q][i]!r}, "
+                        f"rel. error {err[i]:.3e}"
+                    )
+    return lines
+
+
+@functools.cache
+def oracle_module():
+    """scripts/make_betainc_oracle.py, whose ``oracle_point(a, b, x, digits)`` computes I and its gradients."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "make_betainc_oracle.py"
+    spec = importlib.util.spec_from_file_location("make_betainc_oracle", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@functools.cache
+def oracle() -> dict[str, np.ndarray]:
+    with np.load(DATA) as f:
+        return {k: f[k] for k in f.files}
+
+
+def region_names() -> list[str]:
+    return [str(r) for r in oracle()["region_names"]]
+
+
+@functools.cache
+def oracle_results(dtype: torch.dtype) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Evaluate the whole oracle table once per dtype: (mask of points used, results)."""
+    o = oracle()
+    mask = o["f32"] if dtype == torch.float32 else np.ones(len(o["a"]), dtype=bool)
+    return mask, value_and_grads(o["a"][mask], o["b"][mask], o["x"][mask], dtype)
+
+
+def log_uniform(rng: np.random.Generator, lo: float, hi: float, n: int) -> np.ndarray:
+    return np.exp(rng.uniform(math.log(lo), math.log(hi), n))
+
+
+def wide_grid(seed: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """a, b log-uniform in [1e-3, 1e5]; x uniform, at Beta quantiles, and log-uniform towards both ends."""
+    rng = np.random.default_rng(seed)
+    a, b = log_uniform(rng, 1e-3, 1e5, n), log_uniform(rng, 1e-3, 1e5, n)
+    kind = rng.integers(4, size=n)
+    q = special.betaincinv(a, b, rng.uniform(0.001, 0.999, n))
+    x = np.select(
+        [kind == 0, kind == 1, kind == 2],
+        [rng.uniform(0.0, 1.0, n), q, log_uniform(rng, 1e-12, 1e-3, n)],
+        1.0 - log_uniform(rng, 1e-12, 1e-3, n),
+    )
+    keep = (x > 0) & (x < 1)
+    return a[keep], b[keep], x[keep]
+
+
+# Hypothesis strategies over the whole required domain: a, b in [1e-3, 1e5], x in (0, 1) down to 1e-300
+# (below, the density x^(a-1) / B(a, b) itself overflows float64 for a near 1e-3).
+params = st.floats(-3.0, 5.0).map(lambda e: float(10.0**e))
+unit = st.one_of(
+    st.floats(1e-300, 1.0, exclude_max=True),
+    st.floats(1.0, 300.0).map(lambda e: float(10.0**-e)),
+    st.floats(1.0, 16.0).map(lambda e: float(1.0 - 10.0**-e)).filter(lambda x: x < 1.0),
+)
+points = st.lists(st.tuples(params, params, unit), min_size=1, max_size=20)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Smoke.
+# --------------------------------------------------------------------------------------------------------
+class TestSmoke:
+    def test_known_values(self):
+        out = betainc(torch.tensor([2.0, 0.5, 1.0]), torch.tensor([3.0, 0.5, 1.0]), torch.tensor([0.5, 0.5, 0.25]))
+        # I_0.5(2, 3) = 11/16, I_0.5(1/2, 1/2) = 1/2, I_x(1, 1) = x
+        torch.testing.assert_close(out, torch.tensor([0.6875, 0.5, 0.25]), rtol=1e-6, atol=0)
+
+    def test_backward_runs(self):
+        a = torch.tensor(2.0, dtype=F64, requires_grad=True)
+        x = torch.tensor([0.1, 0.5], dtype=F64, requires_grad=True)
+        betainc(a, 3.0, x).sum().backward()
+        assert a.grad is not None and x.grad is not None
+        # dI/dx is the Beta(2, 3) density 12 x (1 - x)^2
+        torch.testing.assert_close(x.grad, 12 * x.detach() * (1 - x.detach()) ** 2, rtol=1e-14, atol=0)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Accuracy against the mpmath oracle.
+# --------------------------------------------------------------------------------------------------------
+class TestOracle:
+    def test_table(self):
+        o = oracle()
+        assert o["dps"] >= 50
+        assert o["cross_check"] < 1e-30 and o["self_agreement"] < 1e-40
+        for k in ("a", "b"):
+            assert np.all(o[k].astype(np.float32).astype(np.float64) == o[k])
+        assert np.all(o["x"][o["f32"]].astype(np.float32).astype(np.float64) == o["x"][o["f32"]])
+        assert np.all((o["a"] >= 1e-3) & (o["a"] <= 1e5) & (o["b"] >= 1e-3) & (o["b"] <= 1e5))
+        assert np.all((o["x"] > 0) & (o["x"] < 1))
+
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+    @pytest.mark.parametrize("region", region_names())
+    def test_region(self, region, dtype):
+        o = oracle()
+        mask, res = oracle_results(dtype)
+        sel = o["region"][mask] == region_names().index(region)
+        assert sel.sum() >= 50, "too few points to test this region"
+        pts = tuple(o[k][mask][sel] for k in ("a", "b", "x"))
+        got = {q: res[q][sel] for q in QUANTITIES}
+        ref = {q: o[q][mask][sel] for q in QUANTITIES}
+        errors = {q: rel_err(got[q], ref[q], dtype) for q in QUANTITIES}
+        lines = report(errors, TOLERANCE[dtype], pts, got, ref, f"{region} {dtype}")
+        assert not lines, "\n".join(lines)
+
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+    def test_all_finite(self, dtype):
+        mask, res = oracle_results(dtype)
+        for q in QUANTITIES:
+            bad = ~np.isfinite(res[q])
+            assert not bad.any(), f"{q}: {bad.sum()} non-finite results, first at index {np.flatnonzero(bad)[:5]}"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Values against scipy.
+# --------------------------------------------------------------------------------------------------------
+def check_against_scipy(a: np.ndarray, b: np.ndarray, x: np.ndarray, max_disputed: int = 50) -> None:
+    """float64 values within 1e-12 of scipy, or, where scipy disagrees by more, within 1e-12 of mpmath.
+
+    scipy (Boost) is itself off by up to ~1e-12 on hard points and by ~1e-8 near underflow (e.g.
+    I_0.2003(454.8, 20.6) ~ 8e-286), so points where the two disagree are settled by mpmath, with the
+    series of the oracle script at 30 digits (``mpmath.betainc`` fails to converge for some large a, b).
+    """
+    got = betainc(torch.tensor(a), torch.tensor(b), torch.tensor(x)).numpy()
+    tol = TOLERANCE[F64]["value"]
+    disputed = np.flatnonzero(~(rel_err(got, special.betainc(a, b, x), F64) <= tol))
+    assert len(disputed) <= max_disputed, f"{len(disputed)} points differ from scipy by more than {tol}"
+    for i in disputed:
+        ref = float(oracle_module().oracle_point(float(a[i]), float(b[i]), float(x[i]), 30)[0][0])
+        err = rel_err(got[i : i + 1], np.array([ref]), F64)[0]
+        assert err <= tol, f"a={a[i]!r} b={b[i]!r} x={x[i]!r}: {got[i]!r}, mpmath {ref!r}, error {err:.2e}"
+
+
+class TestScipy:
+    def test_float64_wide_grid(self):
+        check_against_scipy(*wide_grid(0, 4000))
+
+    def test_float32_wide_grid(self):
+        a, b, x = (v.astype(np.float32) for v in wide_grid(1, 4000))
+        keep = (x > 0) & (x < 1)
+        a, b, x = a[keep], b[keep], x[keep]
+        got = betainc(torch.tensor(a), torch.tensor(b), torch.tensor(x))
+        assert got.dtype == torch.float32
+        ref = special.betainc(a.astype(np.float64), b.astype(np.float64), x.astype(np.float64))
+        err = rel_err(got.double().numpy(), ref, torch.float32)
+        i = int(np.argmax(err))
+        assert err[i] <= 1e-5, f"a={a[i]!r} b={b[i]!r} x={x[i]!r}: {got[i].item()!r} vs scipy {ref[i]!r}"
+
+    def test_moderate_parameters_dense_x(self):
+        # the priors of typical use: Beta(a, b) with a, b of order 0.1-10, every x of a fine grid
+        a, b = np.meshgrid([0.1, 0.4, 0.6, 1.0, 2.5, 7.0], [0.1, 0.4, 0.6, 1.0, 2.5, 7.0])
+        x = np.linspace(0.0, 1.0, 201)[1:-1]
+        a, b, x = np.broadcast_arrays(a[..., None], b[..., None], x)
+        check_against_scipy(a.ravel(), b.ravel(), x.ravel())
+
+
+# --------------------------------------------------------------------------------------------------------
+# Gradients: gradcheck and closed forms.
+# --------------------------------------------------------------------------------------------------------
+class TestGradients:
+    def test_gradcheck(self):
+        rng = np.random.default_rng(3)
+        a = torch.tensor(log_uniform(rng, 0.3, 30.0, 8), dtype=F64, requires_grad=True)
+        b = torch.tensor(log_uniform(rng, 0.3, 30.0, 8), dtype=F64, requires_grad=True)
+        x = torch.tensor(rng.uniform(0.05, 0.95, 8), dtype=F64, requires_grad=True)
+        assert torch.autograd.gradcheck(betainc, (a, b, x), eps=1e-6, atol=1e-8, rtol=1e-5)
+
+    def test_gradcheck_broadcast(self):
+        a = torch.tensor([[0.7], [3.0]], dtype=F64, requires_grad=True)
+        b = torch.tensor([1.5, 4.0, 12.0], dtype=F64, requires_grad=True)
+        x = torch.tensor(0.3, dtype=F64, requires_grad=True)
+        assert torch.autograd.gradcheck(betainc, (a, b, x), eps=1e-6, atol=1e-8, rtol=1e-5)
+
+    @staticmethod
+    def check_closed_form(a, b, x, ref: dict[str, list], quantities: tuple[str, ...]):
+        got = value_and_grads(a, b, x)
+        refs = {q: np.array([float(v) for v in ref[q]]) for q in quantities}
+        errors = {q: rel_err(got[q], refs[q], F64) for q in quantities}
+        lines = report(errors, TOLERANCE[F64], (a, b, x), got, refs, "closed form")
+        assert not lines, "\n".join(lines)
+
+    @SETTINGS
+    @given(st.lists(st.tuples(params, unit), min_size=1, max_size=20))
+    def test_a_equal_one(self, pts):
+        # I_x(1, b) = 1 - (1-x)^b; dI/dx = b (1-x)^(b-1); dI/db = -(1-x)^b log(1-x)
+        b, x = (np.array(v) for v in zip(*pts, strict=True))
+        ref = {"value": [], "d_b": [], "d_x": []}
+        with mpmath.workdps(40):
+            for bi, xi in zip(b, x, strict=True):
+                bm, log_y = mpmath.mpf(bi), mpmath.log1p(-mpmath.mpf(xi))
+                ref["value"].append(-mpmath.expm1(bm * log_y))
+                ref["d_b"].append(-mpmath.exp(bm * log_y) * log_y)
+                ref["d_x"].append(bm * mpmath.exp((bm - 1) * log_y))
+        self.check_closed_form(np.ones_like(b), b, x, ref, ("value", "d_b", "d_x"))
+
+    @SETTINGS
+    @given(st.lists(st.tuples(params, unit), min_size=1, max_size=20))
+    def test_b_equal_one(self, pts):
+        # I_x(a, 1) = x^a; dI/dx = a x^(a-1); dI/da = x^a log x
+        a, x = (np.array(v) for v in zip(*pts, strict=True))
+        ref = {"value": [], "d_a": [], "d_x": []}
+        with mpmath.workdps(40):
+            for ai, xi in zip(a, x, strict=True):
+                am, xm = mpmath.mpf(ai), mpmath.mpf(xi)
+                ref["value"].append(xm**am)
+                ref["d_a"].append(xm**am * mpmath.log(xm))
+                ref["d_x"].append(am * xm ** (am - 1))
+        self.check_closed_form(a, np.ones_like(a), x, ref, ("value", "d_a", "d_x"))
+
+    @SETTINGS
+    @given(st.lists(unit, min_size=1, max_size=20))
+    def test_arcsine(self, xs):
+        # I_x(1/2, 1/2) = 2/pi asin(sqrt x); dI/dx = 1 / (pi sqrt(x (1-x)))
+        x = np.array(xs)
+        ref = {"value": [], "d_x": []}
+        with mpmath.workdps(40):
+            for xi in x:
+                xm = mpmath.mpf(xi)
+                ref["value"].append(2 / mpmath.pi * mpmath.asin(mpmath.sqrt(xm)))
+                ref["d_x"].append(1 / (mpmath.pi * mpmath.sqrt(xm * (1 - xm))))
+        self.check_closed_form(np.full_like(x, 0.5), np.full_like(x, 0.5), x, ref, ("value", "d_x"))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Properties over wide domains.
+# --------------------------------------------------------------------------------------------------------
+class TestProperties:
+    @SETTINGS
+    @given(points)
+    def test_reflection(self, pts):
+        # I_x(a, b) = 1 - I_{1-x}(b, a); x is taken in [1/2, 1) so that 1 - x is exact
+        a, b, u = (np.array(v) for v in zip(*pts, strict=True))
+        x = np.where(u >= 0.5, u, 1.0 - u)
+        y = 1.0 - x
+        left = betainc(torch.tensor(a), torch.tensor(b), torch.tensor(x)).numpy()
+        right = betainc(torch.tensor(b), torch.tensor(a), torch.tensor(y)).numpy()
+        np.testing.assert_allclose(left + right, 1.0, rtol=0, atol=2e-12)
+
+    @SETTINGS
+    @given(points)
+    def test_range_and_gradient_signs(self, pts):
+        a, b, x = (np.array(v) for v in zip(*pts, strict=True))
+        res = value_and_grads(a, b, x)
+        assert np.all((res["value"] >= 0) & (res["value"] <= 1))
+        for q in QUANTITIES:
+            assert np.all(np.isfinite(res[q])), q
+        assert np.all(res["d_x"] >= 0), "I must increase with x"
+        assert np.all(res["d_a"] <= 0), "I must decrease with a"
+        assert np.all(res["d_b"] >= 0), "I must increase with b"
+
+    @SETTINGS
+    @given(points, st.floats(1e-6, 0.5))
+    def test_monotone(self, pts, step):
+        # increasing in x and b, decreasing in a, up to the required relative accuracy 1e-12
+        a, b, x = (np.array(v) for v in zip(*pts, strict=True))
+        x2 = x + step * (1.0 - x)
+        a2, b2 = a * (1.0 + step), b * (1.0 + step)
+        base = betainc(torch.tensor(a), torch.tensor(b), torch.tensor(x)).numpy()
+        slack = 2e-12 * base
+        assert np.all(betainc(torch.tensor(a), torch.tensor(b), torch.tensor(x2)).numpy() >= base - slack)
+        assert np.all(betainc(torch.tensor(a2), torch.tensor(b), torch.tensor(x)).numpy() <= base + slack)
+        assert np.all(betainc(torch.tensor(a), torch.tensor(b2), torch.tensor(x)).numpy() >= base - slack)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Ends and the domain.
+# --------------------------------------------------------------------------------------------------------
+ENDS_AB = [
+    (0.3, 0.3),
+    (0.3, 1.0),
+    (0.3, 4.0),
+    (1.0, 0.3),
+    (1.0, 1.0),
+    (1.0, 4.0),
+    (4.0, 0.3),
+    (4.0, 1.0),
+    (4.0, 4.0),
+]
+
+
+class TestEnds:
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+    @pytest.mark.parametrize(("a", "b"), ENDS_AB)
+    def test_values_and_gradients(self, a, b, dtype):
+        res = value_and_grads([a, a], [b, b], [0.0, 1.0], dtype)
+        np.testing.assert_array_equal(res["value"], [0.0, 1.0])
+        np.testing.assert_array_equal(res["d_a"], [0.0, 0.0])
+        np.testing.assert_array_equal(res["d_b"], [0.0, 0.0])
+        # dI/dx: the density's one-sided limit where finite (b at 0 when a = 1, a at 1 when b = 1), else 0
+        at0 = b if a == 1.0 else 0.0
+        at1 = a if b == 1.0 else 0.0
+        np.testing.assert_allclose(res["d_x"], [at0, at1], rtol=1e-7, atol=0)
+
+    def test_limits_towards_the_ends(self):
+        # values just inside the ends approach the end values continuously
+        a = torch.tensor([0.5, 2.0, 1e3], dtype=F64)
+        b = torch.tensor([0.5, 3.0, 1e3], dtype=F64)
+        assert torch.all(betainc(a, b, torch.tensor(1e-300, dtype=F64)) < 1e-140)
+        assert torch.all(betainc(a, b, torch.tensor(1 - 2**-53, dtype=F64)) > 1 - 1e-7)
+
+    @pytest.mark.parametrize(
+        ("a", "b", "x"),
+        [
+            (-1.0, 2.0, 0.5),
+            (0.0, 2.0, 0.5),
+            (2.0, -1.0, 0.5),
+            (2.0, 0.0, 0.5),
+            (2.0, 3.0, -0.1),
+            (2.0, 3.0, 1.1),
+            (math.nan, 3.0, 0.5),
+            (2.0, math.nan, 0.5),
+            (2.0, 3.0, math.nan),
+            (-1.0, 3.0, 0.0),
+            (2.0, -1.0, 1.0),
+        ],
+    )
+    def test_nan_outside_domain(self, a, b, x):
+        res = value_and_grads([a], [b], [x])
+        for q in QUANTITIES:
+            assert np.isnan(res[q]).all(), q
+        if a != 0.0 and b != 0.0:  # scipy returns the limits 1 or 0 at a = 0 or b = 0
+            assert np.isnan(special.betainc(a, b, x))
+
+    def test_invalid_elements_do_not_contaminate(self):
+        a = [2.0, -1.0, 2.0, 0.7]
+        x = [0.3, 0.3, 1.5, 0.2]
+        res = value_and_grads(a, [3.0] * 4, x)
+        alone = value_and_grads([2.0, 0.7], [3.0, 3.0], [0.3, 0.2])
+        for q in QUANTITIES:
+            np.testing.assert_array_equal(res[q][[0, 3]], alone[q])
+            assert np.isnan(res[q][[1, 2]]).all()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Shapes, dtypes, exceptions, autograd and compile.
+# --------------------------------------------------------------------------------------------------------
+class TestShapes:
+    def test_broadcast_and_gradient_shapes(self):
+        a = torch.tensor([[0.5], [2.0], [9.0]], dtype=F64, requires_grad=True)  # (3, 1)
+        b = torch.tensor([0.7, 1.0, 3.0, 40.0], dtype=F64, requires_grad=True)  # (4,)
+        x = torch.tensor([0.2, 0.6], dtype=F64).reshape(2, 1, 1).requires_grad_()  # (2, 1, 1)
+        out = betainc(a, b, x)
+        assert out.shape == (2, 3, 4)
+        weights = torch.arange(24, dtype=F64).reshape(2, 3, 4)
+        (out * weights).sum().backward()
+        assert a.grad.shape == a.shape and b.grad.shape == b.shape and x.grad.shape == x.shape
+        # the same with explicitly expanded inputs, then reduced over the broadcast dimensions
+        ea, eb, ex = (t.detach().expand(2, 3, 4).clone().requires_grad_() for t in (a, b, x))
+        (betainc(ea, eb, ex) * weights).sum().backward()
+        torch.testing.assert_close(a.grad, ea.grad.sum(dim=(0, 2)).reshape(3, 1), rtol=1e-14, atol=0)
+        torch.testing.assert_close(b.grad, eb.grad.sum(dim=(0, 1)), rtol=1e-14, atol=0)
+        torch.testing.assert_close(x.grad, ex.grad.sum(dim=(1, 2)).reshape(2, 1, 1), rtol=1e-14, atol=0)
+
+    def test_scalars_and_empty(self):
+        assert betainc(2.0, 3.0, 0.5).shape == ()
+        assert betainc(torch.tensor(2.0), 3.0, torch.empty(0, 5)).shape == (0, 5)
+
+    def test_incompatible_shapes(self):
+        with pytest.raises(RuntimeError, match="(?i)shape|size"):
+            betainc(torch.ones(3), torch.ones(4), 0.5)
+
+
+class TestDtypes:
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+    def test_output_and_gradient_dtype(self, dtype):
+        a = torch.tensor([0.5, 2.0, 7.0], dtype=dtype, requires_grad=True)
+        b = torch.tensor([0.5, 3.0, 2.0], dtype=dtype, requires_grad=True)
+        x = torch.tensor([0.25, 0.5, 0.875], dtype=dtype, requires_grad=True)
+        out = betainc(a, b, x)
+        assert out.dtype == dtype
+        out.sum().backward()
+        assert a.grad.dtype == b.grad.dtype == x.grad.dtype == dtype
+        # the same inputs (exact in every dtype above) in float64, rounded to the dtype
+        ref = value_and_grads(a.detach().double(), b.detach().double(), x.detach().double())
+        eps = torch.finfo(dtype).eps
+        np.testing.assert_allclose(out.detach().double().numpy(), ref["value"], rtol=eps, atol=0)
+        for t, q in ((a, "d_a"), (b, "d_b"), (x, "d_x")):
+            np.testing.assert_allclose(t.grad.double().numpy(), ref[q], rtol=eps, atol=0)
+
+    def test_python_numbers_and_integers_use_the_default_dtype(self):
+        for args in ((2.0, 3.0, 0.5), (2, 3, 0.5), (torch.tensor(2), torch.tensor(3), torch.tensor([0, 1]))):
+            assert betainc(*args).dtype == torch.get_default_dtype()
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            out = betainc(2, 3, 0.5)
+        finally:
+            torch.set_default_dtype(previous)
+        assert out.dtype == torch.float64 and out.item() == pytest.approx(0.6875, rel=1e-12)
+
+    def test_promotion(self):
+        out = betainc(torch.tensor(2.0, dtype=F64), torch.tensor(3.0), torch.tensor([0.5], dtype=torch.float16))
+        assert out.dtype == F64
+        assert betainc(torch.tensor([2.0]), 3.0, 0.5).dtype == torch.float32
+
+
+class TestExceptions:
+    @pytest.mark.parametrize("position", [0, 1, 2])
+    def test_non_numeric_argument(self, position):
+        args = [2.0, 3.0, 0.5]
+        args[position] = "0.5"
+        with pytest.raises(TypeError, match=["a", "b", "x"][position]):
+            betainc(*args)
+
+    def test_double_backward_raises(self):
+        a = torch.tensor([2.0, 0.5], dtype=F64, requires_grad=True)
+        x = torch.tensor([0.3, 0.6], dtype=F64, requires_grad=True)
+        w = torch.ones(2, dtype=F64, requires_grad=True)
+        (gx,) = torch.autograd.grad((w * betainc(a, 3.0, x)).sum(), x, create_graph=True)
+        with pytest.raises(RuntimeError, match="(?i)twice|double|second"):
+            torch.autograd.grad(gx.sum(), (a, w))
+
+    def test_hessian_raises(self):
+        # second derivatives are not implemented: they must not silently come out as zeros
+        x = torch.tensor([0.3, 0.6], dtype=F64)
+        with pytest.raises(RuntimeError, match="(?i)twice|double|second"):
+            torch.autograd.functional.hessian(lambda t: betainc(2.0, 3.0, t).sum(), x)
+
+
+class TestCompile:
+    def test_compile_fullgraph_equals_eager(self):
+        def loss(a, b, x):
+            return (betainc(a, b, x) * torch.linspace(0.5, 1.5, x.shape[-1], dtype=x.dtype)).sum()
+
+        compiled = torch.compile(loss, fullgraph=True, backend="inductor")
+        inputs = (
+            torch.tensor([0.6, 2.0, 300.0, 1e-3], dtype=F64),
+            torch.tensor([0.4, 5.0, 310.0, 1e4], dtype=F64),
+            torch.tensor([0.3, 0.999, 0.49, 1e-9], dtype=F64),
+        )
+        grads = []
+        for fn in (loss, compiled):
+            leaves = [t.clone().requires_grad_() for t in inputs]
+            out = fn(*leaves)
+            out.backward()
+            grads.append((out.detach(), *(t.grad for t in leaves)))
+        for eager, comp in zip(*grads, strict=True):
+            torch.testing.assert_close(comp, eager, rtol=1e-14, atol=0)
+
+
+# --------------------------------------------------------------------------------------------------------
+# betaln and beta_log_prob.
+# --------------------------------------------------------------------------------------------------------
+def mp_betaln(a: float, b: float):
+    return mpmath.loggamma(a) + mpmath.loggamma(b) - mpmath.loggamma(mpmath.mpf(a) + b)
+
+
+class TestBetaln:
+    # scipy's betaln loses accuracy for mixed tiny/huge arguments (relative error 1.8e-6 at (1e-3, 1e10),
+    # 8.5e-13 at (1e5, 3)): there the reference is mpmath. Accuracy asked of betaln: an absolute error of
+    # 1e-13 (relative where |log B| > 1), since exp(log B) enters betainc's prefactor.
+    TOL = 1e-13
+
+    def test_against_scipy(self):
+        rng = np.random.default_rng(4)
+        a, b = log_uniform(rng, 1e-2, 1e2, 2000), log_uniform(rng, 1e-2, 1e2, 2000)
+        a = np.concatenate([a, [1e5, 1e10, 1e10, 0.5, 3.0]])
+        b = np.concatenate([b, [1e5, 1e10, 1.0, 1e10, 1e10]])
+        got = betaln(torch.tensor(a), torch.tensor(b)).numpy()
+        np.testing.assert_allclose(got, special.betaln(a, b), rtol=self.TOL, atol=self.TOL)
+
+    def test_wide_against_mpmath(self):
+        rng = np.random.default_rng(5)
+        a, b = log_uniform(rng, 1e-3, 1e5, 400), log_uniform(rng, 1e-3, 1e5, 400)
+        a[:100] = log_uniform(rng, 1e-3, 1.0, 100)  # mixed tiny/huge
+        b[:100] = log_uniform(rng, 1e3, 1e10, 100)
+        got = betaln(torch.tensor(a), torch.tensor(b)).numpy()
+        with mpmath.workdps(30):
+            ref = np.array([float(mp_betaln(ai, bi)) for ai, bi in zip(a, b, strict=True)])
+        err = np.abs(got - ref) / np.maximum(1.0, np.abs(ref))
+        i = int(np.argmax(err))
+        assert err[i] <= self.TOL, f"betaln({a[i]!r}, {b[i]!r}) = {got[i]!r}, mpmath {ref[i]!r}"
+
+    @pytest.mark.parametrize(
+        ("a", "b"),
+        [
+            (1e5, 1e5),
+            (1e10, 1e10),
+            (1e10, 1.0),
+            (1e-3, 1e10),
+            (1e10, 1e-3),
+            (0.5, 1e10),
+            (1e5, 3.0),
+            (1e-3, 1e-3),
+            (0.15, 7e4),
+        ],
+    )
+    def test_large_and_mixed_against_mpmath(self, a, b):
+        ta = torch.tensor(a, dtype=F64, requires_grad=True)
+        tb = torch.tensor(b, dtype=F64, requires_grad=True)
+        out = betaln(ta, tb)
+        out.backward()
+        with mpmath.workdps(50):
+            ref = mp_betaln(a, b)
+            da = mpmath.psi(0, a) - mpmath.psi(0, mpmath.mpf(a) + b)
+            db = mpmath.psi(0, b) - mpmath.psi(0, mpmath.mpf(a) + b)
+        assert out.item() == pytest.approx(float(ref), rel=self.TOL, abs=self.TOL)
+        assert ta.grad.item() == pytest.approx(float(da), rel=1e-12)
+        assert tb.grad.item() == pytest.approx(float(db), rel=1e-12)
+
+    def test_symmetric_shapes_dtypes_and_domain(self):
+        out = betaln(torch.tensor([[0.5], [4.0]]), torch.tensor([0.5, 3.0, 1e4]))
+        assert out.shape == (2, 3) and out.dtype == torch.float32
+        torch.testing.assert_close(out, betaln(torch.tensor([0.5, 3.0, 1e4]), torch.tensor([[0.5], [4.0]])))
+        assert torch.isnan(betaln(torch.tensor([-1.0, 0.0]), 2.0)).all()
+
+    def test_gradcheck(self):
+        a = torch.tensor([0.3, 2.0, 150.0], dtype=F64, requires_grad=True)
+        b = torch.tensor([4.0, 0.01, 90.0], dtype=F64, requires_grad=True)
+        assert torch.autograd.gradcheck(betaln, (a, b), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+class TestBetaLogProb:
+    def test_against_scipy(self):
+        rng = np.random.default_rng(5)
+        a, b = log_uniform(rng, 1e-2, 1e2, 2000), log_uniform(rng, 1e-2, 1e2, 2000)
+        x = rng.uniform(0.0, 1.0, 2000)
+        got = beta_log_prob(torch.tensor(x), torch.tensor(a), torch.tensor(b)).numpy()
+        np.testing.assert_allclose(got, stats.beta.logpdf(x, a, b), rtol=1e-12, atol=1e-12)
+
+    def test_against_oracle_density(self):
+        # log of the mpmath density dI/dx, where it does not underflow: an absolute error of 1e-11 is a
+        # relative error of 1e-11 of the density; a log-density of magnitude L is only exact to ~ L * eps.
+        o = oracle()
+        keep = o["d_x"] > 1e-300
+        got = beta_log_prob(torch.tensor(o["x"][keep]), torch.tensor(o["a"][keep]), torch.tensor(o["b"][keep]))
+        ref = np.log(o["d_x"][keep])
+        tol = 1e-11 + 4 * np.finfo(np.float64).eps * np.abs(ref)
+        err = np.abs(got.numpy() - ref)
+        i = int(np.argmax(err / tol))
+        assert err[i] <= tol[i], f"a={o['a'][keep][i]!r} b={o['b'][keep][i]!r} x={o['x'][keep][i]!r}: {err[i]:.2e}"
+
+    @pytest.mark.parametrize("x", [0.0, 1.0])
+    @pytest.mark.parametrize("ab", [0.5, 1.0, 3.0])
+    def test_ends_match_scipy(self, x, ab):
+        # +inf, log(ab) or -inf at either end for ab < 1, = 1, > 1
+        got = beta_log_prob(torch.tensor(x, dtype=F64), ab, ab).item()
+        ref = float(stats.beta.logpdf(x, ab, ab))
+        if math.isfinite(ref):
+            assert got == pytest.approx(ref, rel=1e-14)
+        else:
+            assert got == ref
+
+    def test_gradcheck_and_consistency_with_betainc(self):
+        x = torch.tensor([0.1, 0.5, 0.93], dtype=F64, requires_grad=True)
+        a = torch.tensor([0.6, 3.0, 40.0], dtype=F64, requires_grad=True)
+        b = torch.tensor([0.4, 2.0, 7.0], dtype=F64, requires_grad=True)
+        assert torch.autograd.gradcheck(beta_log_prob, (x, a, b), eps=1e-6, atol=1e-8, rtol=1e-6)
+        res = value_and_grads(a.detach(), b.detach(), x.detach())
+        np.testing.assert_allclose(beta_log_prob(x, a, b).detach().exp().numpy(), res["d_x"], rtol=1e-13)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Exhaustive (slow): larger grids and more hypothesis examples.
+# --------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+class TestSlow:
+    def test_float64_large_grid_against_scipy(self):
+        check_against_scipy(*wide_grid(10, 100_000), max_disputed=500)
+
+    @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(points)
+    def test_range_signs_and_reflection_many(self, pts):
+        TestProperties.test_range_and_gradient_signs.hypothesis.inner_test(TestProperties(), pts)
+        TestProperties.test_reflection.hypothesis.inner_test(TestProperties(), pts)
