@@ -275,20 +275,38 @@ def _lambda(p: Tensor, q: Tensor, xx: Tensor, yy: Tensor, xx_exact: Tensor) -> T
     return d + torch.where(xx_exact, d_err - tail, d_err + tail)
 
 
-def _log_prefactor_stirling(a: Tensor, b: Tensor, lam: Tensor, logx: Tensor, logy: Tensor) -> Tensor:
+def _stirling_constant(a: Tensor, b: Tensor) -> Tensor:
+    r"""Parameter-only part of the Stirling prefactor.
+
+    :math:`\tfrac12\log\frac{ab}{a+b} - \log\sqrt{2\pi} - \Delta(a) - \Delta(b) + \Delta(a+b)`, for
+    :math:`a, b \ge 10`.
+    """
+    return 0.5 * (torch.log(a) + torch.log(b) - torch.log(a + b)) - _HALF_LOG_2PI - _bcorr(a, b)
+
+
+def _log_prefactor_stirling(
+    a: Tensor, b: Tensor, lam: Tensor, logx: Tensor, logy: Tensor, const: Tensor | None = None
+) -> Tensor:
     e1 = -lam / a
     e2 = lam / b
     u = _rlog1_any(e1, logx + torch.log1p(b / a))
     v = _rlog1_any(e2, logy + torch.log1p(a / b))
-    half_log = 0.5 * (torch.log(a) + torch.log(b) - torch.log(a + b))
-    return -(a * u + b * v) + half_log - _HALF_LOG_2PI - _bcorr(a, b)
+    return -(a * u + b * v) + (_stirling_constant(a, b) if const is None else const)
 
 
-def _log_prefactor_direct(a: Tensor, b: Tensor, logx: Tensor, logy: Tensor) -> Tensor:
-    return a * logx + b * logy - _betaln64(a, b)
+def _log_prefactor_direct(a: Tensor, b: Tensor, logx: Tensor, logy: Tensor, lbeta: Tensor | None = None) -> Tensor:
+    return a * logx + b * logy - (_betaln64(a, b) if lbeta is None else lbeta)
 
 
-def _log_prefactor(a: Tensor, b: Tensor, lam: Tensor, logx: Tensor, logy: Tensor, compact: bool = False) -> Tensor:
+def _log_prefactor(
+    a: Tensor,
+    b: Tensor,
+    lam: Tensor,
+    logx: Tensor,
+    logy: Tensor,
+    compact: bool = False,
+    params: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
     r""":math:`\log\left(x^a y^b / B(a, b)\right)` for interior ``x``, accurate for large ``a`` and ``b``.
 
     For :math:`\min(a,b) \ge 10` (TOMS 708 ``brcomp``): with :math:`\lambda = a - (a+b)x`,
@@ -298,13 +316,27 @@ def _log_prefactor(a: Tensor, b: Tensor, lam: Tensor, logx: Tensor, logy: Tensor
         + \tfrac12\log\frac{ab}{a+b} - \log\sqrt{2\pi} - \Delta(a) - \Delta(b) + \Delta(a+b),
 
     where the terms of size :math:`a \log x` have cancelled analytically. Otherwise
-    :math:`a \log x + b \log y - \log B(a, b)` with an accurate :math:`\log B`.
+    :math:`a \log x + b \log y - \log B(a, b)` with an accurate :math:`\log B`. ``params`` optionally holds
+    the parameter-only parts ``(stirling_constant, betaln)`` computed in advance (once per distinct ``(a, b)``).
     """
     large = torch.minimum(a, b) >= _LARGE
-    stirling = _piecewise(
-        large, _log_prefactor_stirling, (a, b, lam, logx, logy), (_LARGE, _LARGE, 0.0, -0.69, -0.69), compact
-    )
-    direct = _piecewise(~large, _log_prefactor_direct, (a, b, logx, logy), (1.0, 1.0, -0.69, -0.69), compact)
+    if params is None:
+        stirling = _piecewise(
+            large, _log_prefactor_stirling, (a, b, lam, logx, logy), (_LARGE, _LARGE, 0.0, -0.69, -0.69), compact
+        )
+        direct = _piecewise(~large, _log_prefactor_direct, (a, b, logx, logy), (1.0, 1.0, -0.69, -0.69), compact)
+    else:
+        const, lbeta = params
+        stirling = _piecewise(
+            large,
+            _log_prefactor_stirling,
+            (a, b, lam, logx, logy, const),
+            (_LARGE, _LARGE, 0.0, -0.69, -0.69, 0.0),
+            compact,
+        )
+        direct = _piecewise(
+            ~large, _log_prefactor_direct, (a, b, logx, logy, lbeta), (1.0, 1.0, -0.69, -0.69, 0.0), compact
+        )
     return stirling + direct
 
 
@@ -511,16 +543,51 @@ def _complement_series(p: Tensor, q: Tensor, xx: Tensor, logxx: Tensor) -> tuple
     return logj, dlogj_p, dlogj_q
 
 
+def _parameter_terms(a: Tensor, b: Tensor) -> dict[str, Tensor]:
+    """Everything that depends on ``(a, b)`` only, for both orientations of the fraction.
+
+    ``d_*`` are the digamma differences of the log-derivatives of the prefactor: unswapped, ``p = a`` needs
+    psi(a+b) - psi(a+1) and ``q = b`` needs psi(a+b) - psi(b); swapped, the same with ``a`` and ``b`` exchanged.
+    """
+    p, q = torch.minimum(a, b), torch.maximum(a, b)
+    large = p >= _LARGE
+    return {
+        "lbeta": _betaln64(a, b),
+        "stirling": torch.where(
+            large, _stirling_constant(torch.where(large, p, _LARGE), torch.where(large, q, _LARGE)), 0.0
+        ),
+        "d_a1": _digamma_diff(a + 1.0, b - 1.0),
+        "d_b": _digamma_diff(b, a),
+        "d_b1": _digamma_diff(b + 1.0, a - 1.0),
+        "d_a": _digamma_diff(a, b),
+    }
+
+
 def _betainc_kernel(a: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Value and the three partial derivatives of ``I_x(a, b)`` for float64 tensors of one shape."""
+    """Value and the three partial derivatives of ``I_x(a, b)`` for float64 tensors.
+
+    ``a`` and ``b`` have one shape that broadcasts to the shape of ``x`` (the output shape). When it is smaller
+    (one ``(a, b)`` shared by many ``x``, as in a loss with per-position priors), the parameter-only terms are
+    computed once per parameter.
+    """
+    par_valid = (a > 0) & (b > 0) & torch.isfinite(a) & torch.isfinite(b)
+    a_par = torch.where(par_valid, a, 1.0)
+    b_par = torch.where(par_valid, b, 1.0)
+    shared = a.numel() < x.numel()
+    terms = _parameter_terms(a_par, b_par) if shared else None
+
+    shape = x.shape
+
+    def flat(t: Tensor) -> Tensor:
+        return t.expand(shape).reshape(-1)
+
+    x = x.reshape(-1)
+    a_s, b_s, valid = flat(a_par), flat(b_par), flat(par_valid)
+    valid = valid & (x >= 0) & (x <= 1)
     nan = torch.full_like(x, float("nan"))
-    valid = (a > 0) & (b > 0) & (x >= 0) & (x <= 1) & torch.isfinite(a) & torch.isfinite(b)
     interior = valid & (x > 0) & (x < 1)
     one = torch.ones_like(x)
-    half = torch.full_like(x, 0.5)
-    a_s = torch.where(valid, a, one)
-    b_s = torch.where(valid, b, one)
-    x_s = torch.where(interior, x, half)
+    x_s = torch.where(interior, x, 0.5)
     y_s = 1.0 - x_s
     logx = torch.log(x_s)
     logy = torch.log1p(-x_s)
@@ -535,12 +602,20 @@ def _betainc_kernel(a: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Te
     # lambda = (p + q) yy - q, from x itself (exact) rather than from the rounded 1 - x.
     lam = _lambda(p, q, xx, yy, ~swap)
     compact = x.device.type == "cpu" and not torch.compiler.is_compiling()
-    logk = _log_prefactor(p, q, lam, logxx, logyy, compact)
+    if shared:
+        params = (flat(terms["stirling"]), flat(terms["lbeta"]))
+        dig_p = torch.where(swap, flat(terms["d_b1"]), flat(terms["d_a1"]))
+        dig_q = torch.where(swap, flat(terms["d_a"]), flat(terms["d_b"]))
+    else:
+        params = None
+        dig_p = _digamma_diff(p + 1.0, q - 1.0)
+        dig_q = _digamma_diff(q, p)
+    logk = _log_prefactor(p, q, lam, logxx, logyy, compact, params)
     logf, gp, gq = _continued_fraction(p, q, xx, yy, lam, compact)
     # J = I_xx(p, q) = K / p / F with K = xx^p yy^q / B(p, q).
     j = torch.exp(logk - torch.log(p) - logf)
-    dj_dp = j * (logxx + _digamma_diff(p + 1.0, q - 1.0) - gp)
-    dj_dq = j * (logyy + _digamma_diff(q, p) - gq)
+    dj_dp = j * (logxx + dig_p - gp)
+    dj_dq = j * (logyy + dig_q - gq)
     # Where the complement J is close to 1 (small p, x beyond the switch point), 1 - J would cancel: use the
     # power series of log J instead, whose terms are all of order p.
     use_series = swap & (p <= 0.2) & (xx <= 0.3)
@@ -590,12 +665,12 @@ def _betainc_kernel(a: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Te
 
 @torch.library.custom_op("gbs_loss::betainc_with_grads", mutates_args=())
 def _betainc_with_grads(a: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Opaque operator: ``(I, dI/da, dI/db, dI/dx)`` in float64 for inputs of one shape."""
-    a64 = a.to(torch.float64).contiguous()
-    b64 = b.to(torch.float64).contiguous()
-    x64 = x.to(torch.float64).contiguous()
-    flat = [t.reshape(-1) for t in (a64, b64, x64)]
-    outs = _betainc_kernel(*flat)
+    """Opaque operator: ``(I, dI/da, dI/db, dI/dx)`` in float64, all of the shape of ``x``.
+
+    ``a`` and ``b`` share one shape that broadcasts to the shape of ``x``.
+    """
+    a64, b64, x64 = (t.to(torch.float64) for t in (a, b, x))
+    outs = _betainc_kernel(a64, b64, x64)
     return tuple(o.reshape(x.shape) for o in outs)
 
 
@@ -646,7 +721,10 @@ class _BetaincFunction(torch.autograd.Function):
             if not needed:
                 grads.append(None)
                 continue
-            out = _finite_cast(g * deriv, dtype)
+            out = g * deriv
+            if deriv is not d_x and a.shape != x.shape:
+                out = out.sum_to_size(a.shape)
+            out = _finite_cast(out, dtype)
             # Under create_graph, the result would silently miss the second-order terms: make that an error.
             grads.append(_NoDoubleBackward.apply(out, a, b, x) if torch.is_grad_enabled() else out)
         return tuple(grads)
@@ -655,7 +733,9 @@ class _BetaincFunction(torch.autograd.Function):
 # ----------------------------------------------------------------------------------------------------------
 # Public API.
 # ----------------------------------------------------------------------------------------------------------
-def _as_float_tensors(names: tuple[str, ...], values: tuple) -> tuple[list[Tensor], torch.dtype]:
+def _as_float_tensors(
+    names: tuple[str, ...], values: tuple, broadcast: bool = True
+) -> tuple[list[Tensor], torch.dtype]:
     """Validate and convert arguments; return them broadcast, in their common floating dtype."""
     tensors = []
     for name, value in zip(names, values, strict=True):
@@ -687,7 +767,7 @@ def _as_float_tensors(names: tuple[str, ...], values: tuple) -> tuple[list[Tenso
         else torch.tensor(float(t), dtype=dtype, device=device)
         for t in tensors
     ]
-    return list(torch.broadcast_tensors(*converted)), dtype
+    return (list(torch.broadcast_tensors(*converted)) if broadcast else converted), dtype
 
 
 def betainc(a: Tensor | float, b: Tensor | float, x: Tensor | float) -> Tensor:
@@ -738,8 +818,13 @@ def betainc(a: Tensor | float, b: Tensor | float, x: Tensor | float) -> Tensor:
         >>> a.grad.shape, x.grad.shape
         (torch.Size([]), torch.Size([3]))
     """
-    (a_t, b_t, x_t), dtype = _as_float_tensors(("a", "b", "x"), (a, b, x))
-    return _BetaincFunction.apply(a_t, b_t, x_t)
+    (a_t, b_t, x_t), dtype = _as_float_tensors(("a", "b", "x"), (a, b, x), broadcast=False)
+    a_t, b_t = torch.broadcast_tensors(a_t, b_t)
+    shape = torch.broadcast_shapes(a_t.shape, x_t.shape)
+    if a_t.numel() >= math.prod(shape):
+        # (a, b) are not smaller than the output: no parameter sharing to exploit.
+        a_t, b_t = a_t.expand(shape), b_t.expand(shape)
+    return _BetaincFunction.apply(a_t, b_t, x_t.expand(shape))
 
 
 def betaln(a: Tensor | float, b: Tensor | float) -> Tensor:
