@@ -8,6 +8,7 @@ The package provides
 * a reference MSViT gate and mixed-scale tokenizer in :mod:`gbs_loss.msvit`.
 """
 
+from gbs_loss import msvit
 from gbs_loss.functional import batch_shaping_loss, hyperprior_loss
 from gbs_loss.modules import BatchShaping, GeneralizedBatchShaping
 from gbs_loss.priors import Beta, Normal, RelaxedBernoulli, SymmetricBeta
@@ -25,6 +26,7 @@ __all__ = [
     "__version__",
     "batch_shaping_loss",
     "hyperprior_loss",
+    "msvit",
     "beta_log_prob",
     "betainc",
     "betaln",

@@ -1,0 +1,223 @@
+r"""The MSViT gate: one split-or-keep decision per coarse image region.
+
+Havtorn, Royer, Blankevoort, Ehteshami Bejnordi, "MSViT: Dynamic Mixed-Scale Tokenization for Vision
+Transformers", ICCV Workshops 2023, arXiv 2307.02321. The image is cut into coarse patches (32x32 pixels by
+default, a 7x7 grid for a 224x224 image); a small MLP looks at each coarse patch and outputs a logit, "split this
+region into fine 16x16 patches" (1) or "keep one coarse token" (0). During training the soft value
+:math:`\sigma((\ell + L) / \tau)` (with logistic noise :math:`L`) goes to the Generalized Batch-Shaping loss and a
+straight-through estimator passes the hard 0/1 decision forward while gradients flow through the soft value;
+in evaluation the decision is a deterministic threshold of the logit.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gbs_loss.msvit._validation import check_images, check_patch_sizes, check_positive_int
+
+__all__ = ["GateOutput", "MixedScaleGate"]
+
+
+class GateOutput(NamedTuple):
+    """What :class:`MixedScaleGate` returns; every field has shape ``(B, H / Sc, W / Sc)``.
+
+    Attributes:
+        logits: The raw logits :math:`\\ell` of the MLP, one per coarse region.
+        soft: Soft split probabilities in ``(0, 1)``: :math:`\\sigma((\\ell + L) / \\tau)` in training (``L``
+            logistic noise, when enabled), :math:`\\sigma(\\ell / \\tau)` in evaluation. Feed these to the
+            Generalized Batch-Shaping loss (see :func:`gbs_loss.msvit.msvit_gate_loss`).
+        mask: The hard decision, exactly 0.0 (keep one coarse token) or 1.0 (split into fine tokens), in the
+            dtype of ``soft``. In training its gradient is passed straight through to ``soft``; in evaluation it
+            is ``soft > threshold`` and carries no gradient.
+    """
+
+    logits: Tensor
+    soft: Tensor
+    mask: Tensor
+
+
+class MixedScaleGate(nn.Module):
+    r"""A small MLP that decides, for every coarse region of an image, whether to split it into fine patches.
+
+    Every coarse patch (``coarse_size`` pixels square) is average-pooled to ``gate_resolution`` pixels square,
+    flattened and passed through an MLP with GELU activations that outputs one logit (Havtorn et al., "MSViT:
+    Dynamic Mixed-Scale Tokenization for Vision Transformers", ICCV Workshops 2023, arXiv 2307.02321). The
+    regions are processed independently, so the gate works for any image size that is a multiple of
+    ``coarse_size``.
+
+    Cost with the defaults (3 channels, ``gate_resolution=8``, ``hidden_dims=(64, 64)``):
+    **16,577 parameters** and, for a 224x224 image (49 regions), **0.81 M multiply-accumulates** in the MLP
+    plus 0.15 M additions for the pooling, about **0.96 M** in all. A ViT-S/16 has about 22 M parameters and
+    4.6 G multiply-accumulates at 224x224: the gate adds 0.08% of its parameters and 0.02% of its compute.
+    :meth:`num_parameters` and :meth:`macs` compute these numbers for other settings.
+
+    Training (``module.train()``): ``soft = sigmoid((logits + L) / temperature)`` with ``L`` standard
+    logistic noise when ``noise="logistic"``; ``mask = (soft > threshold)`` as 0/1 with a straight-through
+    estimator: its forward value is exactly the hard decision and its gradient flows to ``soft`` unchanged.
+    Evaluation (``module.eval()``): no noise; ``mask = (sigmoid(logits / temperature) > threshold)``,
+    deterministic, without gradient.
+
+    Args:
+        coarse_size: Side of a coarse patch in pixels (:math:`S_c`).
+        fine_size: Side of a fine patch in pixels (:math:`S_f`); ``coarse_size`` must be a multiple of it
+            larger than it. The gate itself only needs ``coarse_size``; ``fine_size`` is kept so that the gate
+            and a :class:`~gbs_loss.msvit.MixedScaleTokenizer` can be checked against each other.
+        in_channels: Number of image channels.
+        gate_resolution: Side, in pixels, to which each coarse patch is average-pooled before the MLP; must
+            divide ``coarse_size`` (``coarse_size`` itself means no pooling).
+        hidden_dims: Widths of the MLP's hidden layers (may be empty: a linear gate).
+        noise: ``"logistic"`` adds logistic noise to the logits in training (a binary-concrete relaxation);
+            ``"none"`` does not.
+        temperature: :math:`\tau > 0` of the soft values.
+        threshold: Soft value above which a region is split, in ``(0, 1)``.
+
+    Shape:
+        - Input: ``(B, C, H, W)`` with ``H`` and ``W`` multiples of ``coarse_size``.
+        - Output: a :class:`GateOutput` whose fields have shape ``(B, H / coarse_size, W / coarse_size)``.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.msvit import MixedScaleGate
+        >>> gate = MixedScaleGate()
+        >>> out = gate(torch.randn(2, 3, 224, 224))
+        >>> out.soft.shape, out.mask.shape
+        (torch.Size([2, 7, 7]), torch.Size([2, 7, 7]))
+        >>> gate.num_parameters(), gate.macs(224, 224)
+        (16577, 956480)
+    """
+
+    def __init__(
+        self,
+        coarse_size: int = 32,
+        fine_size: int = 16,
+        in_channels: int = 3,
+        gate_resolution: int = 8,
+        hidden_dims: tuple[int, ...] = (64, 64),
+        noise: Literal["logistic", "none"] = "logistic",
+        temperature: float = 1.0,
+        threshold: float = 0.5,
+    ) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        check_patch_sizes(owner, coarse_size, fine_size)
+        check_positive_int(owner, "in_channels", in_channels)
+        check_positive_int(owner, "gate_resolution", gate_resolution)
+        if gate_resolution > coarse_size or coarse_size % gate_resolution != 0:
+            raise ValueError(f"{owner}: gate_resolution must divide coarse_size={coarse_size}, got {gate_resolution}")
+        if not isinstance(hidden_dims, (tuple, list)):
+            raise TypeError(f"{owner}: hidden_dims must be a tuple of positive ints, got {type(hidden_dims).__name__}")
+        for width in hidden_dims:
+            check_positive_int(owner, "hidden_dims entries", width)
+        if noise not in ("logistic", "none"):
+            raise ValueError(f"{owner}: noise must be 'logistic' or 'none', got {noise!r}")
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float))
+            or not (temperature > 0 and math.isfinite(temperature))
+        ):
+            raise ValueError(f"{owner}: temperature must be a finite number > 0, got {temperature!r}")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+            raise ValueError(f"{owner}: threshold must be a number in (0, 1), got {threshold!r}")
+
+        self.coarse_size = coarse_size
+        self.fine_size = fine_size
+        self.in_channels = in_channels
+        self.gate_resolution = gate_resolution
+        self.hidden_dims = tuple(hidden_dims)
+        self.noise = noise
+        self.temperature = float(temperature)
+        self.threshold = float(threshold)
+
+        widths = [in_channels * gate_resolution**2, *self.hidden_dims]
+        layers: list[nn.Module] = []
+        for w_in, w_out in zip(widths[:-1], widths[1:], strict=True):
+            layers += [nn.Linear(w_in, w_out), nn.GELU()]
+        layers.append(nn.Linear(widths[-1], 1))
+        self.mlp = nn.Sequential(*layers)
+
+    @property
+    def region_features(self) -> int:
+        """Number of inputs of the MLP per region: ``in_channels * gate_resolution ** 2``."""
+        return self.in_channels * self.gate_resolution**2
+
+    def num_parameters(self) -> int:
+        """Number of parameters of the gate."""
+        return sum(p.numel() for p in self.parameters())
+
+    def macs(self, height: int = 224, width: int = 224) -> int:
+        """Multiply-accumulates of one forward pass on one ``height x width`` image.
+
+        Counts the MLP's multiply-accumulates (one per weight and region; biases and GELUs not counted, as
+        in the usual ViT figures) plus one addition per input value for the average pooling (none without
+        pooling).
+
+        Args:
+            height: Image height in pixels, a multiple of ``coarse_size``.
+            width: Image width in pixels, a multiple of ``coarse_size``.
+
+        Returns:
+            The operation count as an int.
+        """
+        owner = f"{type(self).__name__}.macs"
+        for name, value in (("height", height), ("width", width)):
+            check_positive_int(owner, name, value)
+            if value % self.coarse_size:
+                raise ValueError(f"{owner}: {name} must be a multiple of coarse_size={self.coarse_size}, got {value}")
+        regions = (height // self.coarse_size) * (width // self.coarse_size)
+        mlp = sum(m.in_features * m.out_features for m in self.mlp if isinstance(m, nn.Linear))
+        pooling = self.in_channels * height * width if self.gate_resolution < self.coarse_size else 0
+        return regions * mlp + pooling
+
+    def region_inputs(self, images: Tensor) -> Tensor:
+        """The MLP's input for every coarse region: the pooled, flattened pixels.
+
+        Args:
+            images: Images ``(B, C, H, W)``.
+
+        Returns:
+            Tensor of shape ``(B, H / Sc, W / Sc, C * gate_resolution ** 2)``.
+        """
+        rh, rw = check_images(type(self).__name__, images, self.in_channels, self.coarse_size)
+        k = self.coarse_size // self.gate_resolution
+        pooled = F.avg_pool2d(images, k) if k > 1 else images
+        b, c, g = images.shape[0], images.shape[1], self.gate_resolution
+        regions = pooled.reshape(b, c, rh, g, rw, g).permute(0, 2, 4, 1, 3, 5)
+        return regions.reshape(b, rh, rw, c * g * g)
+
+    def forward(self, images: Tensor) -> GateOutput:
+        """Gate logits, soft values and hard mask for a batch of images.
+
+        Args:
+            images: Images ``(B, C, H, W)``, ``H`` and ``W`` multiples of ``coarse_size``.
+
+        Returns:
+            A :class:`GateOutput` ``(logits, soft, mask)``, each of shape ``(B, H / Sc, W / Sc)``.
+        """
+        logits = self.mlp(self.region_inputs(images)).squeeze(-1)
+        if self.training:
+            noisy = logits
+            if self.noise == "logistic":
+                tiny = torch.finfo(logits.dtype).tiny
+                u = torch.rand_like(logits).clamp(tiny, 1.0 - torch.finfo(logits.dtype).eps)
+                noisy = logits + (torch.log(u) - torch.log1p(-u))
+            soft = torch.sigmoid(noisy / self.temperature)
+            hard = (soft > self.threshold).to(soft.dtype)
+            # Straight-through: the forward value is exactly `hard` (soft - soft.detach() is exactly 0) and the
+            # gradient with respect to `soft` is the identity.
+            mask = hard + (soft - soft.detach())
+        else:
+            soft = torch.sigmoid(logits / self.temperature)
+            mask = (soft > self.threshold).to(soft.dtype).detach()
+        return GateOutput(logits, soft, mask)
+
+    def extra_repr(self) -> str:
+        return (
+            f"coarse_size={self.coarse_size}, fine_size={self.fine_size}, in_channels={self.in_channels}, "
+            f"gate_resolution={self.gate_resolution}, noise={self.noise!r}, "
+            f"temperature={self.temperature:g}, threshold={self.threshold:g}"
+        )
