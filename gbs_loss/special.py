@@ -79,7 +79,11 @@ _DIGAMMA = (
     -3617.0 / 8160.0,
 )
 # Continued-fraction controls.
-_MAX_STEPS = 512  # parameters up to 1e5 converge within 384 steps (a = b = 1e5, x at the mean)
+# Parameters up to 1e5 converge within 384 steps (a = b = 1e5 with x at the mean; the count grows like
+# sqrt(min(a, b)) there). Accelerators run a fixed number of steps, so their cap is tight; on CPU only the hard
+# elements iterate long, so the cap is generous (about 1e7 at the mean). Unconverged elements give NaN.
+_MAX_STEPS = 512
+_MAX_STEPS_CPU = 4096
 _CHUNK = 8
 _TOL = 4.0e-16
 _TINY = 1.0e-300
@@ -414,7 +418,7 @@ def _fraction_coefficients(n: int, p: Tensor, q: Tensor, x: Tensor, y: Tensor, i
 
 def _check_now(n: int) -> bool:
     """Steps after which converged elements leave the working set (CPU): every 4 up to 32, then every 8."""
-    return (n >= 8 and n % 4 == 0 and n <= 32) or (n > 32 and n % 8 == 0) or n == _MAX_STEPS
+    return (n >= 8 and n % 4 == 0 and n <= 32) or (n > 32 and n % 8 == 0)
 
 
 def _continued_fraction(
@@ -439,9 +443,9 @@ def _continued_fraction(
     :math:`\dot C_n / C_n` and :math:`\dot D_n / D_n` obey first-order recurrences, and
     :math:`\partial \log G = \sum_n (\dot C_n / C_n + \dot D_n / D_n)`.
 
-    Returns ``(log G, d log G / dp, d log G / dq)``. With ``compact`` (CPU), converged elements leave the working
-    set at a few checkpoints; otherwise (any other device) a fixed number of steps runs with convergence masks
-    and no host synchronisation.
+    Returns ``(log G, d log G / dp, d log G / dq, converged)``. With ``compact`` (CPU), converged elements leave
+    the working set at a few checkpoints; otherwise (any other device) a fixed number of steps runs with
+    convergence masks and no host synchronisation.
     """
     out_g = torch.empty_like(x)
     out_dg = torch.empty((2, *x.shape), dtype=x.dtype, device=x.device)
@@ -459,7 +463,9 @@ def _continued_fraction(
     g = be0.clone()
     dg = rc.clone()
     done = None if compact else torch.zeros_like(x, dtype=torch.bool)
-    for n in range(1, _MAX_STEPS + 1):
+    max_steps = _MAX_STEPS_CPU if compact else _MAX_STEPS
+    converged = torch.ones_like(x, dtype=torch.bool)
+    for n in range(1, max_steps + 1):
         al, be, da, db = _fraction_coefficients(n, p, q, x, y, inv)
         den = torch.addcmul(be, al, d)
         den.masked_fill_(den == 0, _TINY)
@@ -477,10 +483,12 @@ def _continued_fraction(
         if compact:
             g.mul_(factor)
             dg.add_(inc)
-            if not _check_now(n):
+            last = n == max_steps
+            if not (_check_now(n) or last):
                 continue
             conv = ((factor - 1.0).abs() <= _TOL) & (inc.abs() <= _TOL * dg.abs()).all(dim=0)
-            if n == _MAX_STEPS:
+            if last:
+                converged[idx[~conv]] = False
                 conv = torch.ones_like(conv)
             if bool(conv.any()):
                 sel = idx[conv]
@@ -499,8 +507,8 @@ def _continued_fraction(
             dg = torch.where(done, dg, dg + inc)
             done = done | (((factor - 1.0).abs() <= _TOL) & (inc.abs() <= _TOL * dg.abs()).all(dim=0))
     if not compact:
-        out_g, out_dg = g, dg
-    return torch.log(out_g), out_dg[0], out_dg[1]
+        out_g, out_dg, converged = g, dg, done
+    return torch.log(out_g), out_dg[0], out_dg[1], converged
 
 
 def _complement_series(p: Tensor, q: Tensor, xx: Tensor, logxx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -607,7 +615,10 @@ def _betainc_kernel(a: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Te
         dig_p = _digamma_diff(p + 1.0, q - 1.0)
         dig_q = _digamma_diff(q, p)
     logk = _log_prefactor(p, q, lam, logxx, logyy, compact, params)
-    logf, gp, gq = _continued_fraction(p, q, xx, yy, lam, compact)
+    logf, gp, gq, converged = _continued_fraction(p, q, xx, yy, lam, compact)
+    # Far outside the documented domain (a, b of order 1e7 and more near the mean) the fraction may not have
+    # converged: say so with NaN rather than return a wrong number.
+    valid = valid & converged
     # J = I_xx(p, q) = K / p / F with K = xx^p yy^q / B(p, q).
     j = torch.exp(logk - torch.log(p) - logf)
     dj_dp = j * (logxx + dig_p - gp)
@@ -646,7 +657,7 @@ def _betainc_kernel(a: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Te
     zero = torch.zeros_like(x)
     at0 = valid & (x == 0)
     at1 = valid & (x == 1)
-    value = torch.where(at0, zero, torch.where(at1, one, value))
+    value = torch.where(at0, zero, torch.where(at1, one, value.clamp(0.0, 1.0)))
     d_a = torch.where(at0 | at1, zero, d_a)
     d_b = torch.where(at0 | at1, zero, d_b)
     end_dx = torch.where(at0 & (a_s == 1), b_s, torch.where(at1 & (b_s == 1), a_s, zero))
@@ -702,18 +713,18 @@ class _NoDoubleBackward(torch.autograd.Function):
 
 class _BetaincFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor, x: Tensor) -> Tensor:
+    def forward(ctx, a: Tensor, b: Tensor, x: Tensor, dtype: torch.dtype) -> Tensor:
         value, d_a, d_b, d_x = _betainc_with_grads(a, b, x)
         ctx.save_for_backward(d_a, d_b, d_x, a, b, x)
         ctx.dtypes = (a.dtype, b.dtype, x.dtype)
-        return value.to(x.dtype)
+        return value.to(dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         d_a, d_b, d_x, a, b, x = ctx.saved_tensors
         g = grad.to(torch.float64)
         grads = []
-        for needed, deriv, dtype in zip(ctx.needs_input_grad, (d_a, d_b, d_x), ctx.dtypes, strict=True):
+        for needed, deriv, dtype in zip(ctx.needs_input_grad[:3], (d_a, d_b, d_x), ctx.dtypes, strict=True):
             if not needed:
                 grads.append(None)
                 continue
@@ -723,7 +734,7 @@ class _BetaincFunction(torch.autograd.Function):
             out = _finite_cast(out, dtype)
             # Under create_graph, the result would silently miss the second-order terms: make that an error.
             grads.append(_NoDoubleBackward.apply(out, a, b, x) if torch.is_grad_enabled() else out)
-        return tuple(grads)
+        return (*grads, None)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -757,13 +768,20 @@ def _as_float_tensors(
     device = next(iter(devices), None)
     if device is None:
         device = next((t.device for t in tensors if isinstance(t, Tensor)), torch.device("cpu"))
+    # Floating tensors keep their own dtype (so that each gradient saturates in its own dtype); numbers and
+    # integer or boolean tensors take the promoted floating dtype.
     converted = [
-        t.to(device=device, dtype=dtype)
+        t.to(device=device, dtype=t.dtype if t.is_floating_point() else dtype)
         if isinstance(t, Tensor)
         else torch.tensor(float(t), dtype=dtype, device=device)
         for t in tensors
     ]
-    return (list(torch.broadcast_tensors(*converted)) if broadcast else converted), dtype
+    try:
+        shape = torch.broadcast_shapes(*(t.shape for t in converted))
+    except RuntimeError:
+        found = ", ".join(f"{n}: {tuple(t.shape)}" for n, t in zip(names, converted, strict=True))
+        raise ValueError(f"{', '.join(names)} must have shapes that broadcast together, got {found}") from None
+    return ([t.expand(shape) for t in converted] if broadcast else converted), dtype
 
 
 def betainc(a: Tensor | float, b: Tensor | float, x: Tensor | float) -> Tensor:
@@ -777,6 +795,11 @@ def betainc(a: Tensor | float, b: Tensor | float, x: Tensor | float) -> Tensor:
     Argument order follows :func:`scipy.special.betainc`. Gradients with respect to ``x``, ``a`` and ``b`` are
     exact (the density for ``x``; term-by-term derivatives of the continued fraction for ``a`` and ``b``, see
     the module docstring); second derivatives are not implemented and raise a ``RuntimeError``.
+
+    Accuracy (max relative error against a 50-digit oracle over :math:`a, b \in [10^{-3}, 10^5]`, :math:`x` within
+    1e-12 of either end included): float64 4e-13 for the value and every gradient, float32 6e-8. Far outside that
+    domain (:math:`a, b` of order 1e7 and more, near the mean) the continued fraction may not converge within its
+    step cap; the result is then NaN rather than a wrong number.
 
     Conventions: ``I_0 = 0`` and ``I_1 = 1``; there the gradients with respect to ``a`` and ``b`` are 0 and the
     gradient with respect to ``x`` is the density's one-sided limit where it is finite (``b`` at ``x = 0`` when
@@ -820,7 +843,7 @@ def betainc(a: Tensor | float, b: Tensor | float, x: Tensor | float) -> Tensor:
     if a_t.numel() >= math.prod(shape):
         # (a, b) are not smaller than the output: no parameter sharing to exploit.
         a_t, b_t = a_t.expand(shape), b_t.expand(shape)
-    return _BetaincFunction.apply(a_t, b_t, x_t.expand(shape))
+    return _BetaincFunction.apply(a_t, b_t, x_t.expand(shape), dtype)
 
 
 def betaln(a: Tensor | float, b: Tensor | float) -> Tensor:
