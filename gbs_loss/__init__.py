@@ -9,6 +9,7 @@ The package provides
 """
 
 from gbs_loss import msvit
+from gbs_loss.distributed import gather_batch
 from gbs_loss.functional import batch_shaping_loss, hyperprior_loss
 from gbs_loss.modules import BatchShaping, GeneralizedBatchShaping
 from gbs_loss.priors import Beta, Normal, RelaxedBernoulli, SymmetricBeta
@@ -30,4 +31,5 @@ __all__ = [
     "beta_log_prob",
     "betainc",
     "betaln",
+    "gather_batch",
 ]

@@ -19,8 +19,10 @@ from torch import Tensor, nn
 
 from gbs_loss.functional import (
     Reduction,
+    _check_distributed,
     _check_input,
     _check_options,
+    _prepare_batch,
     _shaping_loss,
     batch_shaping_loss,
     hyperprior_loss,
@@ -52,6 +54,10 @@ class BatchShaping(nn.Module):
         ties: Give tied samples the largest rank of their group.
         reduction: ``"mean"`` over positions, ``"sum"``, or ``"none"``.
         validate_args: Check that the input is finite (synchronises with an accelerator).
+        distributed: Gather the batches of all data-parallel processes before computing the loss, so that
+            the loss and the gradients are those of the whole batch (see
+            :func:`~gbs_loss.functional.batch_shaping_loss`).
+        process_group: The process group to gather over with ``distributed=True``; ``None`` for the default.
 
     Shape:
         - Input: :math:`(N, *)` for ``dim=0``.
@@ -75,21 +81,37 @@ class BatchShaping(nn.Module):
         ties: bool = False,
         reduction: Reduction = "mean",
         validate_args: bool = True,
+        *,
+        distributed: bool = False,
+        process_group: Any = None,
     ) -> None:
         super().__init__()
         _check_options(prior, dim, ties, reduction, validate_args)
+        _check_distributed(distributed, process_group)
         self.prior = prior
         self.dim = dim
         self.ties = ties
         self.reduction = reduction
         self.validate_args = validate_args
+        self.distributed = distributed
+        self.process_group = process_group
 
     def forward(self, x: Tensor) -> Tensor:
         """The loss of the batch ``x`` (see the class docstring)."""
-        return batch_shaping_loss(x, self.prior, self.dim, self.ties, self.reduction, self.validate_args)
+        return batch_shaping_loss(
+            x,
+            self.prior,
+            self.dim,
+            self.ties,
+            self.reduction,
+            self.validate_args,
+            distributed=self.distributed,
+            process_group=self.process_group,
+        )
 
     def extra_repr(self) -> str:
-        return f"prior={self.prior!r}, dim={self.dim}, ties={self.ties}, reduction={self.reduction!r}"
+        extra = ", distributed=True" if self.distributed else ""
+        return f"prior={self.prior!r}, dim={self.dim}, ties={self.ties}, reduction={self.reduction!r}{extra}"
 
 
 def _inverse_softplus(y: Tensor) -> Tensor:
@@ -178,8 +200,16 @@ class GeneralizedBatchShaping(nn.Module):
         temperature_weight: :math:`w_t \ge 0`; 0 (the default) leaves the temperatures free.
         dim: The batch dimension of the input.
         ties: Give tied samples the largest rank of their group (in both terms).
-        validate_args: Check that the input is finite (synchronises with an accelerator). The hyperprior's
-            own checks are governed by its own ``validate_args``.
+        validate_args: Check that the input lies in ``[0, 1]``, the support of the learned priors (reads values:
+            synchronises with an accelerator). The hyperprior's own checks are governed by its own
+            ``validate_args``.
+        distributed: Gather the batches of all data-parallel processes for the prior term, so that the loss
+            and every gradient are those of one process on the whole batch (see
+            :func:`~gbs_loss.functional.batch_shaping_loss`). The module must then live inside the
+            :class:`~torch.nn.parallel.DistributedDataParallel`-wrapped model, so that its learned priors
+            start equal on every process and DDP averages their gradients; the hyperprior and temperature
+            terms act on those replicated parameters and need no gather.
+        process_group: The process group to gather over with ``distributed=True``; ``None`` for the default.
 
     Shape:
         - Input: :math:`(N, *\text{positions})` for ``dim=0``; in general the batch along ``dim`` and the
@@ -215,6 +245,8 @@ class GeneralizedBatchShaping(nn.Module):
         dim: int = 0,
         ties: bool = False,
         validate_args: bool = True,
+        distributed: bool = False,
+        process_group: Any = None,
     ) -> None:
         super().__init__()
         given = positions
@@ -237,6 +269,7 @@ class GeneralizedBatchShaping(nn.Module):
         if isinstance(dim, bool) or not isinstance(dim, int):
             raise TypeError(f"dim must be an int, got {type(dim).__name__}")
         _check_options(None, dim, ties, "mean", validate_args, check_prior=False)
+        _check_distributed(distributed, process_group)
         self.hyperprior = hyperprior
         self.prior_weight = _check_weight("prior_weight", prior_weight)
         self.hyperprior_weight = _check_weight("hyperprior_weight", hyperprior_weight)
@@ -244,6 +277,8 @@ class GeneralizedBatchShaping(nn.Module):
         self.dim = dim
         self.ties = ties
         self.validate_args = validate_args
+        self.distributed = distributed
+        self.process_group = process_group
 
         mean = _init_tensor("init_mean", init_mean, self.positions, lambda t: (t > 0) & (t < 1), "in (0, 1)")
         self.mean_logits = nn.Parameter(torch.logit(mean))
@@ -304,13 +339,18 @@ class GeneralizedBatchShaping(nn.Module):
             prior = RelaxedBernoulli(logits=self.mean_logits, temperature=spread, validate_args=False)
         else:
             u = self.mean_logits
-            prior = Beta(torch.sigmoid(u) * spread, torch.sigmoid(-u) * spread, validate_args=False)
+            # A mean or a concentration near 0 can make a = m c underflow to 0, outside the Beta's domain:
+            # keep both shape parameters at least the smallest normal number of the dtype.
+            tiny = torch.finfo(u.dtype).tiny
+            a = (torch.sigmoid(u) * spread).clamp_min(tiny)
+            b = (torch.sigmoid(-u) * spread).clamp_min(tiny)
+            prior = Beta(a, b, validate_args=False)
         return prior, spread
 
     # -- the loss -------------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         """The total loss of the batch ``x``; the terms are left in :attr:`components`."""
-        dim = _check_input(x, self.dim, self.validate_args)
+        dim = _check_input(x, self.dim, self.validate_args, check_batch=False)
         found = x.shape[:dim] + x.shape[dim + 1 :]
         try:
             ok = torch.broadcast_shapes(found, self.positions) == found
@@ -321,6 +361,14 @@ class GeneralizedBatchShaping(nn.Module):
                 f"x of shape {tuple(x.shape)} has positions {tuple(found)} (its shape without dim "
                 f"{dim}), which do not match the module's positions {self.positions}"
             )
+        if x.device != self.mean_logits.device:
+            raise ValueError(
+                f"x is on device {x.device} but the module's parameters are on {self.mean_logits.device}; "
+                f"move one of them (e.g. module.to(x.device))"
+            )
+        # Both families of learned priors live on [0, 1]: values outside (say logits passed instead of
+        # sigmoids) are an error worth reporting.
+        x, dim = _prepare_batch(x, dim, self.validate_args, self.distributed, self.process_group, support=(0.0, 1.0))
         prior, spread = self._learned()
         prior_term = _shaping_loss(x, prior, dim, self.ties, "mean")
         total = prior_term if self.prior_weight == 1 else self.prior_weight * prior_term
@@ -348,4 +396,5 @@ class GeneralizedBatchShaping(nn.Module):
             f"positions={self.positions}, prior={self.family!r}, hyperprior={self.hyperprior!r}, "
             f"prior_weight={self.prior_weight}, hyperprior_weight={self.hyperprior_weight}, "
             f"temperature_weight={self.temperature_weight}, dim={self.dim}, ties={self.ties}"
+            + (", distributed=True" if self.distributed else "")
         )

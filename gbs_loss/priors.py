@@ -65,10 +65,23 @@ def _describe(value: Tensor, bad: Tensor) -> str:
 
 
 def _check_range(owner: str, name: str, value: Tensor, ok: Tensor, expected: str) -> None:
-    """Raise a ``ValueError`` naming ``name`` unless ``ok`` holds everywhere (reads values: synchronises)."""
+    """Raise a ``ValueError`` naming ``name`` unless ``ok`` holds everywhere (reads values: synchronises).
+
+    A tensor on the ``meta`` device has no values and passes.
+    """
+    if ok.device.type == "meta":
+        return
     bad = ~ok
     if bool(bad.any()):
         raise ValueError(f"{owner}: {name} must be {expected}, got {_describe(value, bad)}")
+
+
+def _check_devices(owner: str, **tensors: Tensor) -> None:
+    """All tensors on one device, except 0-dimensional CPU tensors (Python numbers), which go anywhere."""
+    placed = {name: t.device for name, t in tensors.items() if not (t.dim() == 0 and t.device.type == "cpu")}
+    if len(set(placed.values())) > 1:
+        found = ", ".join(f"{name} on {device}" for name, device in placed.items())
+        raise ValueError(f"{owner}: all tensors must be on one device, got {found}")
 
 
 def _compute_dtype(x: Tensor, *params: Tensor) -> torch.dtype:
@@ -127,13 +140,18 @@ class Prior:
 
     def _prepare(self, x: Tensor | float, name: str, check_support: bool) -> Tensor:
         owner = f"{type(self).__name__}.{'cdf' if name == 'x' else name}"
+        params = self._params()
         if not isinstance(x, Tensor):
             if isinstance(x, bool) or not isinstance(x, Real):
                 raise TypeError(f"{owner}: x must be a real tensor or number, got {type(x).__name__}")
-            x = torch.tensor(float(x), dtype=torch.get_default_dtype())
+            device = next((p.device for p in params if p.dim() > 0), None)
+            x = torch.tensor(float(x), dtype=torch.get_default_dtype(), device=device)
         elif x.dtype == torch.bool or x.is_complex():
             raise TypeError(f"{owner}: x must be a real tensor, got dtype {x.dtype}")
-        x = x.to(_compute_dtype(x, *self._params()))
+        _check_devices(owner, x=x, **dict(zip(self._param_names(), params, strict=True)))
+        dtype = _compute_dtype(x, *params)
+        if x.dtype != dtype:
+            x = _SaturatingCast.apply(x, dtype) if x.is_floating_point() else x.to(dtype)
         if self.validate_args and check_support:
             lo, hi = self.support
             _check_range(owner, "x", x, (x >= lo) & (x <= hi), f"inside the support [{lo:g}, {hi:g}] (and not NaN)")
@@ -177,6 +195,8 @@ class Prior:
 
 
 def _check_broadcast(owner: str, **params: Tensor) -> None:
+    """The parameters broadcast together and live on one device."""
+    _check_devices(owner, **params)
     try:
         torch.broadcast_shapes(*(p.shape for p in params.values()))
     except RuntimeError:
@@ -245,7 +265,14 @@ class Beta(Prior):
     def _cdf(self, x: Tensor) -> Tensor:
         a, b = self._shape()
         # clamp keeps NaN and has zero gradient outside [0, 1]: there the CDF is the constant 0 or 1.
-        return betainc(a, b, x.clamp(0.0, 1.0)).to(x.dtype)
+        x = x.clamp(0.0, 1.0)
+        # betainc computes in the promoted dtype of its arguments, which scalar float64 parameters can raise
+        # above x's; cast x here so that its gradient (a density, possibly huge near the ends) saturates
+        # instead of overflowing when it is cast back.
+        dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), x.dtype)
+        if dtype != x.dtype:
+            return betainc(a, b, _SaturatingCast.apply(x, dtype)).to(x.dtype)
+        return betainc(a, b, x)
 
     def _log_prob(self, x: Tensor) -> Tensor:
         a, b = self._shape()
@@ -445,14 +472,16 @@ class _RelaxedBernoulliCdf(torch.autograd.Function):
         gx = gt = gu = None
         if ctx.needs_input_grad[0]:
             # dz/dx = t / (x (1 - x)), 0 outside [0, 1]; at the ends 0 / 0 = NaN, set to the convention 0.
+            # A huge temperature makes the density overflow near the median: saturate there.
+            big = torch.finfo(gz.dtype).max
             gx = torch.ops.aten.logit_backward(gz * t_pos, x, 0.0)
-            gx = gx.nan_to_num_(nan=0.0, posinf=math.inf, neginf=-math.inf)
-            gx = _sum_to_shape(gx, x_shape, nan_as_zero=False)
+            gx = gx.nan_to_num_(nan=0.0, posinf=big, neginf=-big)
+            gx = _saturate(_sum_to_shape(gx, x_shape, nan_as_zero=False), gx.dtype)
         if ctx.needs_input_grad[1]:
             # dz/dt = logit(x), infinite at the ends where gz is 0: those NaN products count as 0.
-            gt = _sum_to_shape(gz * lx, t_shape, nan_as_zero=True).to(ctx.dtypes[0])
+            gt = _saturate(_sum_to_shape(gz * lx, t_shape, nan_as_zero=True), ctx.dtypes[0])
         if ctx.needs_input_grad[2]:
-            gu = _sum_to_shape(gz, u_shape, nan_as_zero=False).neg().to(ctx.dtypes[1])
+            gu = _saturate(_sum_to_shape(gz, u_shape, nan_as_zero=False).neg(), ctx.dtypes[1])
         return gx, gt, gu
 
 
@@ -513,8 +542,7 @@ class Normal(Prior):
         return self.loc
 
     def _cdf(self, x: Tensor) -> Tensor:
-        # erfc keeps full relative precision in the lower tail, where torch.special.ndtr loses digits.
-        return 0.5 * torch.special.erfc((self.loc - x) / (self.scale * math.sqrt(2.0)))
+        return _NormalCdf.apply(x, self.loc, self.scale)
 
     def _log_prob(self, x: Tensor) -> Tensor:
         z = (x - self.loc) / self.scale
@@ -522,3 +550,70 @@ class Normal(Prior):
 
     def _icdf(self, p: Tensor) -> Tensor:
         return self.loc + self.scale * torch.special.ndtri(p)
+
+
+class _NormalCdf(torch.autograd.Function):
+    r"""``Phi((x - loc) / scale)`` with a hand-written backward that stays finite for any valid parameters.
+
+    The value is :math:`\tfrac12 \operatorname{erfc}\big((\mu - x) / (\sigma\sqrt2)\big)`, which keeps full
+    relative precision in the lower tail (where ``torch.special.ndtr`` loses digits). Autograd of that
+    expression gives NaN for a tiny scale: the derivative with respect to :math:`\sigma` multiplies a density
+    that underflows to 0 by a ratio :math:`(x - \mu)/\sigma^2` that overflows. Here the derivatives are
+    formed as :math:`\varphi(z)/\sigma` and :math:`-z\varphi(z)/\sigma` with :math:`z = (x - \mu)/\sigma`,
+    products that vanish where :math:`z` is huge, and saturate at the dtype's largest value where the
+    density itself exceeds it.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+        w = (loc - x) / (scale * math.sqrt(2.0))
+        ctx.save_for_backward(w, scale)
+        ctx.shapes = (x.shape, loc.shape, scale.shape)
+        ctx.dtypes = (loc.dtype, scale.dtype)
+        return 0.5 * torch.special.erfc(w)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        w, scale = ctx.saved_tensors
+        x_shape, loc_shape, scale_shape = ctx.shapes
+        big = torch.finfo(w.dtype).max
+        # phi(z) with z = -sqrt(2) w; exactly 0 where |w| is huge or infinite.
+        phi = torch.exp(-w * w) * (1.0 / math.sqrt(2.0 * math.pi))
+        g_phi = grad * phi
+        gx = gloc = gscale = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            d = (g_phi / scale).clamp(-big, big)  # clamp keeps NaN (from NaN points)
+            if ctx.needs_input_grad[0]:
+                gx = _sum_to_shape(d, x_shape, nan_as_zero=False)
+            if ctx.needs_input_grad[1]:
+                gloc = _saturate(_sum_to_shape(d, loc_shape, nan_as_zero=False).neg(), ctx.dtypes[0])
+        if ctx.needs_input_grad[2]:
+            # z phi(z) is 0 where w is infinite (there 0 * inf would give NaN); NaN points keep NaN.
+            z_phi = torch.where(torch.isinf(w), torch.zeros_like(w), w * (-math.sqrt(2.0)) * phi)
+            d = (-(grad * z_phi) / scale).clamp(-big, big)
+            gscale = _saturate(_sum_to_shape(d, scale_shape, nan_as_zero=False), ctx.dtypes[1])
+        return gx, gloc, gscale
+
+
+class _SaturatingCast(torch.autograd.Function):
+    """``x.to(dtype)`` whose backward saturates the gradient at the largest value of ``x``'s dtype.
+
+    A float32 gradient cast back to a float16 input overflows to infinity beyond 65504 (a steep density, say);
+    it saturates instead, as the gradients of :func:`gbs_loss.betainc` do. NaN stays NaN.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, dtype: torch.dtype) -> Tensor:
+        ctx.dtype = x.dtype
+        return x.to(dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return _saturate(grad, ctx.dtype), None
+
+
+def _saturate(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """Cast to ``dtype``, replacing overflow to infinity by the dtype's largest finite value (NaN stays)."""
+    big = torch.finfo(dtype).max
+    return t.to(dtype).nan_to_num(nan=math.nan, posinf=big, neginf=-big)
