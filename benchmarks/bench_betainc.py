@@ -105,6 +105,13 @@ def machine_info(device: str = "cpu") -> dict[str, str | int | None]:
     }
 
 
+def write_output(path: Path | None, text: str) -> None:
+    """Write ``text`` to ``path`` (creating its folder) when a path was given."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
 def machine_markdown(info: dict[str, str | int | None]) -> list[str]:
     gpu = f"; ours on {info['device']} ({info['gpu']}), synchronised" if info.get("gpu") else ""
     return [
@@ -419,16 +426,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ]
     text = "\n".join(report) + "\n"
     print(text)
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(text)
+    write_output(args.markdown, text)
     if args.plot:
         where = info["gpu"] or f"{info['cpu']}, {threads} torch threads"
         plot(rows, args.plot, f"betainc on {where}; scipy on the host CPU")
     result = {"machine": info, "threads": threads, "repeats": repeats, "rows": rows, "markdown": text}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=1))
+    write_output(args.json, json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=1))
     return result
 
 

@@ -67,6 +67,7 @@ from bench_betainc import (  # noqa: E402
     parse_size,
     set_threads,
     synchronize,
+    write_output,
 )
 from published_baseline import published_bas_loss, published_gbas_loss  # noqa: E402
 
@@ -552,9 +553,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         ]
     text = "\n".join(report) + "\n"
     print(text)
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(text)
+    write_output(args.markdown, text)
     if args.plot:
         where = info["gpu"] or f"{info['cpu']}, {threads} torch threads"
         plot_speed(rows, args.plot, f"Losses on {where}, float32; scipy on the host CPU")
@@ -570,9 +569,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "memory_summary": summary,
         "markdown": text,
     }
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=1))
+    write_output(args.json, json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=1))
     return result
 
 
