@@ -195,7 +195,7 @@ def _betaln_large(p: Tensor, q: Tensor) -> Tensor:
     return _HALF_LOG_2PI - 0.5 * torch.log(q) - (p - 0.5) * torch.log1p(q / p) - q * torch.log1p(p / q) + _bcorr(p, q)
 
 
-def _betaln64(a: Tensor, b: Tensor, compact: bool = False) -> Tensor:
+def _betaln64(a: Tensor, b: Tensor) -> Tensor:
     r""":math:`\log B(a, b)` for positive float64 tensors of one shape (see :func:`betaln`).
 
     Three regimes with :math:`p = \min(a, b)`, :math:`q = \max(a, b)`: both below 10, log-gamma sums; only
@@ -208,9 +208,9 @@ def _betaln64(a: Tensor, b: Tensor, compact: bool = False) -> Tensor:
     both_large = p >= _LARGE
     one_large = (q >= _LARGE) & ~both_large
     small = ~(both_large | one_large)
-    out = _piecewise(small, _betaln_small, (p, q), (1.0, 1.0), compact)
-    out = out + _piecewise(one_large, _betaln_mixed, (p, q), (1.0, _LARGE), compact)
-    return out + _piecewise(both_large, _betaln_large, (p, q), (_LARGE, _LARGE), compact)
+    out = _piecewise(small, _betaln_small, (p, q), (1.0, 1.0), False)
+    out = out + _piecewise(one_large, _betaln_mixed, (p, q), (1.0, _LARGE), False)
+    return out + _piecewise(both_large, _betaln_large, (p, q), (_LARGE, _LARGE), False)
 
 
 def _rlog1(e: Tensor) -> Tensor:
@@ -324,23 +324,19 @@ def _log_prefactor(
     the parameter-only parts ``(stirling_constant, betaln)`` computed in advance (once per distinct ``(a, b)``).
     """
     large = torch.minimum(a, b) >= _LARGE
-    if params is None:
-        stirling = _piecewise(
-            large, _log_prefactor_stirling, (a, b, lam, logx, logy), (_LARGE, _LARGE, 0.0, -0.69, -0.69), compact
-        )
-        direct = _piecewise(~large, _log_prefactor_direct, (a, b, logx, logy), (1.0, 1.0, -0.69, -0.69), compact)
-    else:
-        const, lbeta = params
-        stirling = _piecewise(
-            large,
-            _log_prefactor_stirling,
-            (a, b, lam, logx, logy, const),
-            (_LARGE, _LARGE, 0.0, -0.69, -0.69, 0.0),
-            compact,
-        )
-        direct = _piecewise(
-            ~large, _log_prefactor_direct, (a, b, logx, logy, lbeta), (1.0, 1.0, -0.69, -0.69, 0.0), compact
-        )
+    # Precomputed parameter terms, when given, travel as one more argument of each branch.
+    const, lbeta = ((params[0],), (params[1],)) if params is not None else ((), ())
+    extra_safe = (0.0,) if params is not None else ()
+    stirling = _piecewise(
+        large,
+        _log_prefactor_stirling,
+        (a, b, lam, logx, logy, *const),
+        (_LARGE, _LARGE, 0.0, -0.69, -0.69, *extra_safe),
+        compact,
+    )
+    direct = _piecewise(
+        ~large, _log_prefactor_direct, (a, b, logx, logy, *lbeta), (1.0, 1.0, -0.69, -0.69, *extra_safe), compact
+    )
     return stirling + direct
 
 
@@ -553,13 +549,10 @@ def _parameter_terms(a: Tensor, b: Tensor) -> dict[str, Tensor]:
     ``d_*`` are the digamma differences of the log-derivatives of the prefactor: unswapped, ``p = a`` needs
     psi(a+b) - psi(a+1) and ``q = b`` needs psi(a+b) - psi(b); swapped, the same with ``a`` and ``b`` exchanged.
     """
-    p, q = torch.minimum(a, b), torch.maximum(a, b)
-    large = p >= _LARGE
+    large = torch.minimum(a, b) >= _LARGE
     return {
         "lbeta": _betaln64(a, b),
-        "stirling": torch.where(
-            large, _stirling_constant(torch.where(large, p, _LARGE), torch.where(large, q, _LARGE)), 0.0
-        ),
+        "stirling": _piecewise(large, _stirling_constant, (a, b), (_LARGE, _LARGE), False),
         "d_a1": _digamma_diff(a + 1.0, b - 1.0),
         "d_b": _digamma_diff(b, a),
         "d_b1": _digamma_diff(b + 1.0, a - 1.0),
