@@ -10,13 +10,25 @@ turn with a hyperprior (:func:`hyperprior_loss`).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from gbs_loss._shapes import broadcast_shapes
 from gbs_loss.distributed import _check_group, gather_batch
-from gbs_loss.priors import _SaturatingCast
+from gbs_loss.priors import (
+    Normal,
+    Prior,
+    RelaxedBernoulli,
+    _normal_cdf,
+    _normal_cdf_grads,
+    _relaxed_bernoulli_cdf,
+    _relaxed_bernoulli_cdf_grads,
+    _SaturatingCast,
+    _within,
+)
 
 __all__ = ["batch_shaping_loss", "hyperprior_loss"]
 
@@ -112,9 +124,12 @@ def _check_batch(
         )
     if not validate_args or x.device.type == "meta":  # a meta tensor has no values to check
         return
-    ok = torch.isfinite(x) if support is None else (x >= support[0]) & (x <= support[1])  # False for NaN
-    if bool(ok.all()):
+    if support is None:
+        if _within(x, -math.inf, math.inf, closed=False):  # NaN fails
+            return
+    elif _within(x, support[0], support[1]):
         return
+    ok = torch.isfinite(x) if support is None else (x >= support[0]) & (x <= support[1])  # False for NaN
     nonfinite = ~torch.isfinite(x)
     if bool(nonfinite.any()):
         raise ValueError(
@@ -165,7 +180,7 @@ def _check_prior_shape(prior: Any, positions: torch.Size, prior_name: str = "pri
     if batch_shape is None:
         return
     try:
-        ok = torch.broadcast_shapes(torch.Size(batch_shape), positions) == positions
+        ok = broadcast_shapes(torch.Size(batch_shape), positions) == positions
     except RuntimeError:
         ok = False
     if not ok:
@@ -178,6 +193,32 @@ def _check_prior_shape(prior: Any, positions: torch.Size, prior_name: str = "pri
 # ----------------------------------------------------------------------------------------------------------
 # The computation.
 # ----------------------------------------------------------------------------------------------------------
+_ORDERED_INT = {torch.float32: torch.int32, torch.float64: torch.int64}
+_INT_SORT_MIN = 4096  # below this the extra elementwise passes cost more than the faster sort saves
+
+
+def _sort(x: Tensor, dim: int, nonnegative: bool = False) -> tuple[Tensor, Tensor]:
+    """``torch.sort(x, dim)``, through integer keys on CPU for 4096 values and more (20 to 30% faster).
+
+    The IEEE bit pattern of a float, read as a signed integer, orders like the float itself for values
+    ``>= 0``; for negative values the magnitude bits are flipped (``bits ^ (sign_mask >> 1)``) to restore the
+    order, a map that is its own inverse. Integer comparisons need no NaN handling, which is what makes the
+    integer sort faster. With ``nonnegative`` (values checked to be in ``[0, 1]``) the flip is skipped.
+    The sorted values are bit-identical to those of ``torch.sort`` (``-0.0`` sorts before ``+0.0``, and a NaN
+    with its sign bit set first instead of last: the loss is NaN either way). Ties come in a fixed order.
+    """
+    int_dtype = _ORDERED_INT.get(x.dtype)
+    if int_dtype is None or x.device.type != "cpu" or x.numel() < _INT_SORT_MIN:
+        return torch.sort(x, dim=dim)
+    bits = x.view(int_dtype)
+    if nonnegative:
+        keys, indices = torch.sort(bits, dim=dim)
+        return keys.view(x.dtype), indices
+    magnitude = torch.iinfo(int_dtype).max
+    keys, indices = torch.sort(bits ^ ((bits >> (bits.element_size() * 8 - 1)) & magnitude), dim=dim)
+    return (keys ^ ((keys >> (keys.element_size() * 8 - 1)) & magnitude)).view(x.dtype), indices
+
+
 class _SortValues(torch.autograd.Function):
     """Sorted values along ``dim``; the backward scatters the gradient back through the fixed permutation.
 
@@ -188,17 +229,17 @@ class _SortValues(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, dim: int) -> Tensor:
-        values, indices = torch.sort(x, dim=dim)
+    def forward(ctx, x: Tensor, dim: int, nonnegative: bool = False) -> Tensor:
+        values, indices = _sort(x, dim, nonnegative)
         ctx.save_for_backward(indices)
         ctx.dim = dim
         return values
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
         (indices,) = ctx.saved_tensors
-        return torch.empty_like(grad).scatter_(ctx.dim, indices, grad), None
+        return torch.empty_like(grad).scatter_(ctx.dim, indices, grad), None, None
 
 
 def _largest_ranks(xs: Tensor) -> Tensor:
@@ -215,10 +256,105 @@ def _largest_ranks(xs: Tensor) -> Tensor:
     return candidate.flip(0).cummin(0).values.flip(0)
 
 
+_REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}  # ATen's Reduction enum, for mse_loss_backward
+
+
+class _FusedShaping(torch.autograd.Function):
+    r"""The Batch-Shaping loss of one of this library's closed-form priors as one autograd node.
+
+    The same computation as the general path (sort, prior CDF, squared distance to the empirical CDF) and the
+    same CDF code (:mod:`gbs_loss.priors`), without the intermediate autograd nodes: on CPU at 256 x 196
+    values the general path spends about as long on the bookkeeping around its small tensors as on the sort
+    itself. The loss is computed in the layout of ``x`` (the batch along ``dim``): nothing is transposed.
+
+    ``kernel`` is ``(cdf, cdf_grads)`` from :data:`_FUSED_PRIORS`; ``params`` have ``x.dim()`` dimensions
+    (size 1 along ``dim``) and broadcast against ``x``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, dim: int, reduction: str, nonnegative: bool, kernel, *params: Tensor) -> Tensor:
+        xs, indices = _sort(x, dim, nonnegative)
+        n = x.shape[dim]
+        cdf, saved = kernel[0](xs, *params)
+        shape = [1] * x.dim()
+        shape[dim] = n
+        ecdf = torch.arange(1, n + 1, dtype=cdf.dtype, device=cdf.device).div_(n + 1).reshape(shape).expand_as(cdf)
+        if reduction == "none":
+            loss = torch.nn.functional.mse_loss(cdf, ecdf, reduction="none").mean(dim)
+        elif reduction == "sum":
+            loss = torch.nn.functional.mse_loss(cdf, ecdf, reduction="sum") / n
+        else:
+            loss = torch.nn.functional.mse_loss(cdf, ecdf, reduction="mean")
+        ctx.save_for_backward(indices, cdf, ecdf, *saved)
+        ctx.dim, ctx.reduction, ctx.n, ctx.kernel = dim, reduction, n, kernel
+        ctx.shapes = tuple(p.shape for p in params)
+        ctx.dtypes = tuple(p.dtype for p in params)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        indices, cdf, ecdf, *saved = ctx.saved_tensors
+        dim, reduction, n = ctx.dim, ctx.reduction, ctx.n
+        # dL/dF = 2 (F - ecdf) g / M (mean), 2 (F - ecdf) g / n (sum; "none": per position).
+        if reduction == "none":
+            g_cdf = torch.ops.aten.mse_loss_backward((grad / n).unsqueeze(dim), cdf, ecdf, _REDUCTION_CODES["none"])
+        elif reduction == "sum":
+            g_cdf = torch.ops.aten.mse_loss_backward(grad / n, cdf, ecdf, _REDUCTION_CODES["sum"])
+        else:
+            g_cdf = torch.ops.aten.mse_loss_backward(grad, cdf, ecdf, _REDUCTION_CODES["mean"])
+        needs = (ctx.needs_input_grad[0], *ctx.needs_input_grad[5:])
+        gxs, *gparams = ctx.kernel[1](g_cdf, tuple(saved), ctx.shapes, ctx.dtypes, needs)
+        gx = None if gxs is None else torch.empty_like(gxs).scatter_(dim, indices, gxs)
+        return (gx, None, None, None, None, *gparams)
+
+
+# Priors whose loss takes the fused path: how to get their parameters, and their CDF and its gradients.
+_FUSED_PRIORS = {
+    RelaxedBernoulli: (
+        lambda prior: (prior.temperature, prior.logits),
+        (_relaxed_bernoulli_cdf, _relaxed_bernoulli_cdf_grads),
+    ),
+    Normal: (lambda prior: (prior.loc, prior.scale), (_normal_cdf, _normal_cdf_grads)),
+}
+
+
+def _in_layout(param: Tensor, positions: int, dim: int) -> Tensor:
+    """A parameter of the positions' shape (right-aligned) viewed in the layout of ``x``: size 1 along ``dim``.
+
+    A 0-dimensional parameter stays 0-dimensional, so that it keeps not taking part in type promotion.
+    """
+    if param.dim() == 0:
+        return param
+    return param.reshape((1,) * (positions - param.dim()) + tuple(param.shape)).unsqueeze(dim)
+
+
+def _fused_loss(x: Tensor, prior: Prior, dim: int, reduction: str, nonnegative: bool, name: str) -> Tensor:
+    """The loss through :class:`_FusedShaping` (ties broken arbitrarily)."""
+    get_params, kernel = _FUSED_PRIORS[type(prior)]
+    positions = x.shape[:dim] + x.shape[dim + 1 :]
+    _check_prior_shape(prior, positions, name)
+    x = prior._prepare(x, "x", check_support=True)  # dtype promotion and, with validate_args, the support
+    params = tuple(_in_layout(p, len(positions), dim) for p in get_params(prior))
+    lo, hi = prior.support
+    nonnegative = nonnegative or (prior.validate_args and lo >= 0 and hi <= 1)
+    return _FusedShaping.apply(x, dim, reduction, nonnegative, kernel, *params)
+
+
 def _shaping_loss(
-    x: Tensor, prior: Any, dim: int | None, ties: bool, reduction: str, prior_name: str = "prior"
+    x: Tensor,
+    prior: Any,
+    dim: int | None,
+    ties: bool,
+    reduction: str,
+    prior_name: str = "prior",
+    nonnegative: bool = False,
 ) -> Tensor:
     """The reduced loss; for ``"none"`` of shape ``x.shape`` without ``dim`` (``()`` for ``dim=None``).
+
+    ``nonnegative``: the values were checked to lie in ``[0, 1]`` (the sort may then skip a step). A
+    :class:`~gbs_loss.priors.RelaxedBernoulli` or :class:`~gbs_loss.priors.Normal` prior without ``ties`` takes
+    a fused path (:class:`_FusedShaping`).
 
     ``x`` is checked already and ``dim`` normalised. The batch is sorted once; the permutation is a constant
     for autograd (the gradient of the sort is the scatter back to the original order).
@@ -228,7 +364,9 @@ def _shaping_loss(
     if dim is None:
         x = x.reshape(-1)
         dim = 0
-    xs = _SortValues.apply(x, dim).movedim(dim, 0)  # (N, *positions)
+    if not ties and type(prior) in _FUSED_PRIORS:
+        return _fused_loss(x, prior, dim, reduction, nonnegative, prior_name)
+    xs = _SortValues.apply(x, dim, nonnegative).movedim(dim, 0)  # (N, *positions)
     n = xs.shape[0]
     positions = xs.shape[1:]
     _check_prior_shape(prior, positions, prior_name)

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from gbs_loss._shapes import broadcast_shapes
 from gbs_loss.functional import (
     Reduction,
     _check_distributed,
@@ -353,7 +354,7 @@ class GeneralizedBatchShaping(nn.Module):
         dim = _check_input(x, self.dim, self.validate_args, check_batch=False)
         found = x.shape[:dim] + x.shape[dim + 1 :]
         try:
-            ok = torch.broadcast_shapes(found, self.positions) == found
+            ok = broadcast_shapes(found, self.positions) == found
         except RuntimeError:
             ok = False
         if not ok:
@@ -370,7 +371,7 @@ class GeneralizedBatchShaping(nn.Module):
         # sigmoids) are an error worth reporting.
         x, dim = _prepare_batch(x, dim, self.validate_args, self.distributed, self.process_group, support=(0.0, 1.0))
         prior, spread = self._learned()
-        prior_term = _shaping_loss(x, prior, dim, self.ties, "mean")
+        prior_term = _shaping_loss(x, prior, dim, self.ties, "mean", nonnegative=self.validate_args)
         total = prior_term if self.prior_weight == 1 else self.prior_weight * prior_term
         if self.hyperprior is not None:
             hyper_term = hyperprior_loss(self.means, self.hyperprior, ties=self.ties, validate_args=False)

@@ -32,6 +32,7 @@ from numbers import Real
 import torch
 from torch import Tensor
 
+from gbs_loss._shapes import broadcast_shapes
 from gbs_loss.special import beta_log_prob, betainc
 
 __all__ = ["Beta", "Normal", "Prior", "RelaxedBernoulli", "SymmetricBeta"]
@@ -74,6 +75,19 @@ def _check_range(owner: str, name: str, value: Tensor, ok: Tensor, expected: str
     bad = ~ok
     if bool(bad.any()):
         raise ValueError(f"{owner}: {name} must be {expected}, got {_describe(value, bad)}")
+
+
+def _within(x: Tensor, lo: float, hi: float, closed: bool = True) -> bool:
+    """Whether every value of ``x`` lies in ``[lo, hi]`` (``(lo, hi)`` unless ``closed``); NaN fails.
+
+    One fused min/max reduction and one host read, instead of a comparison mask per bound. True for an empty
+    tensor and for a tensor on the ``meta`` device (it has no values).
+    """
+    if x.device.type == "meta" or x.numel() == 0:
+        return True
+    lowest, highest = torch.aminmax(x.detach().reshape(-1))
+    ok = (lowest >= lo) & (highest <= hi) if closed else (lowest > lo) & (highest < hi)
+    return bool(ok)
 
 
 def _check_devices(owner: str, **tensors: Tensor) -> None:
@@ -131,7 +145,7 @@ class Prior:
     @property
     def batch_shape(self) -> torch.Size:
         """Broadcast shape of the parameters."""
-        return torch.broadcast_shapes(*(p.shape for p in self._params()))
+        return broadcast_shapes(*(p.shape for p in self._params()))
 
     @property
     def mean(self) -> Tensor:
@@ -154,7 +168,8 @@ class Prior:
             x = _SaturatingCast.apply(x, dtype) if x.is_floating_point() else x.to(dtype)
         if self.validate_args and check_support:
             lo, hi = self.support
-            _check_range(owner, "x", x, (x >= lo) & (x <= hi), f"inside the support [{lo:g}, {hi:g}] (and not NaN)")
+            if not _within(x, lo, hi):
+                _check_range(owner, "x", x, (x >= lo) & (x <= hi), f"inside the support [{lo:g}, {hi:g}] (and not NaN)")
         return x
 
     def cdf(self, x: Tensor | float) -> Tensor:
@@ -198,7 +213,7 @@ def _check_broadcast(owner: str, **params: Tensor) -> None:
     """The parameters broadcast together and live on one device."""
     _check_devices(owner, **params)
     try:
-        torch.broadcast_shapes(*(p.shape for p in params.values()))
+        broadcast_shapes(*(p.shape for p in params.values()))
     except RuntimeError:
         shapes = ", ".join(f"{k} of shape {tuple(v.shape)}" for k, v in params.items())
         raise ValueError(f"{owner}: the parameters must broadcast together, got {shapes}") from None
@@ -443,6 +458,37 @@ class RelaxedBernoulli(Prior):
         return torch.sigmoid((torch.logit(p) + self.logits) / self.temperature)
 
 
+def _relaxed_bernoulli_cdf(x: Tensor, t: Tensor, u: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """``sigmoid(t * logit(x) - u)`` and what its gradients need (shared with the fused loss)."""
+    # eps=0 clamps x to [0, 1] inside the logit kernel (NaN stays NaN): logit is infinite at the ends.
+    lx = torch.logit(x, eps=0.0)
+    t_pos = t.clamp_min(torch.finfo(t.dtype).tiny)
+    cdf = torch.sigmoid(torch.addcmul(-u, t_pos, lx))
+    return cdf, (x, cdf, lx, t_pos)
+
+
+def _relaxed_bernoulli_cdf_grads(
+    grad: Tensor, saved: tuple[Tensor, ...], shapes: tuple[torch.Size, ...], dtypes: tuple, needs: tuple[bool, ...]
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients of :func:`_relaxed_bernoulli_cdf`: for ``x`` elementwise (finite), for ``t`` and ``u`` summed
+    to ``shapes`` and saturated to ``dtypes``."""
+    x, cdf, lx, t_pos = saved
+    # dF/dz = F (1 - F): exactly 0 at the ends, where F is exactly 0 or 1.
+    gz = torch.ops.aten.sigmoid_backward(grad, cdf)
+    gx = gt = gu = None
+    if needs[0]:
+        # dz/dx = t / (x (1 - x)), 0 outside [0, 1]; at the ends 0 / 0 = NaN, set to the convention 0.
+        # A huge temperature makes the density overflow near the median: saturate there.
+        big = torch.finfo(gz.dtype).max
+        gx = torch.ops.aten.logit_backward(gz * t_pos, x, 0.0).nan_to_num_(nan=0.0, posinf=big, neginf=-big)
+    if needs[1]:
+        # dz/dt = logit(x), infinite at the ends where gz is 0: those NaN products count as 0.
+        gt = _saturate(_sum_to_shape(gz * lx, shapes[0], nan_as_zero=True), dtypes[0])
+    if needs[2]:
+        gu = _saturate(_sum_to_shape(gz, shapes[1], nan_as_zero=False).neg(), dtypes[1])
+    return gx, gt, gu
+
+
 class _RelaxedBernoulliCdf(torch.autograd.Function):
     """``sigmoid(t * logit(x) - u)`` with exact ends and a hand-written backward (a small autograd graph).
 
@@ -453,36 +499,25 @@ class _RelaxedBernoulliCdf(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, t: Tensor, u: Tensor) -> Tensor:
-        # eps=0 clamps x to [0, 1] inside the logit kernel (NaN stays NaN): logit is infinite at the ends.
-        lx = torch.logit(x, eps=0.0)
-        t_pos = t.clamp_min(torch.finfo(t.dtype).tiny)
-        cdf = torch.sigmoid(torch.addcmul(-u, t_pos, lx))
-        ctx.save_for_backward(x, cdf, lx, t_pos)
-        ctx.shapes = (x.shape, t.shape, u.shape)
+        cdf, saved = _relaxed_bernoulli_cdf(x, t, u)
+        ctx.save_for_backward(*saved)
+        ctx.x_shape = x.shape
+        ctx.shapes = (t.shape, u.shape)
         ctx.dtypes = (t.dtype, u.dtype)
         return cdf
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        x, cdf, lx, t_pos = ctx.saved_tensors
-        x_shape, t_shape, u_shape = ctx.shapes
-        # dF/dz = F (1 - F): exactly 0 at the ends, where F is exactly 0 or 1.
-        gz = torch.ops.aten.sigmoid_backward(grad, cdf)
-        gx = gt = gu = None
-        if ctx.needs_input_grad[0]:
-            # dz/dx = t / (x (1 - x)), 0 outside [0, 1]; at the ends 0 / 0 = NaN, set to the convention 0.
-            # A huge temperature makes the density overflow near the median: saturate there.
-            big = torch.finfo(gz.dtype).max
-            gx = torch.ops.aten.logit_backward(gz * t_pos, x, 0.0)
-            gx = gx.nan_to_num_(nan=0.0, posinf=big, neginf=-big)
-            gx = _saturate(_sum_to_shape(gx, x_shape, nan_as_zero=False), gx.dtype)
-        if ctx.needs_input_grad[1]:
-            # dz/dt = logit(x), infinite at the ends where gz is 0: those NaN products count as 0.
-            gt = _saturate(_sum_to_shape(gz * lx, t_shape, nan_as_zero=True), ctx.dtypes[0])
-        if ctx.needs_input_grad[2]:
-            gu = _saturate(_sum_to_shape(gz, u_shape, nan_as_zero=False).neg(), ctx.dtypes[1])
-        return gx, gt, gu
+        gx, gt, gu = _relaxed_bernoulli_cdf_grads(grad, ctx.saved_tensors, ctx.shapes, ctx.dtypes, ctx.needs_input_grad)
+        return _x_grad(gx, ctx.x_shape), gt, gu
+
+
+def _x_grad(gx: Tensor | None, shape: torch.Size) -> Tensor | None:
+    """An elementwise gradient summed to the shape of the points (where they were broadcast), saturated."""
+    if gx is None or gx.shape == shape:
+        return gx
+    return _saturate(_sum_to_shape(gx, shape, nan_as_zero=False), gx.dtype)
 
 
 def _sum_to_shape(t: Tensor, shape: torch.Size, nan_as_zero: bool) -> Tensor:
@@ -552,6 +587,35 @@ class Normal(Prior):
         return self.loc + self.scale * torch.special.ndtri(p)
 
 
+def _normal_cdf(x: Tensor, loc: Tensor, scale: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """``Phi((x - loc) / scale)`` as ``erfc((loc - x) / (scale sqrt 2)) / 2`` and what its gradients need."""
+    w = (loc - x) / (scale * math.sqrt(2.0))
+    return 0.5 * torch.special.erfc(w), (w, scale)
+
+
+def _normal_cdf_grads(
+    grad: Tensor, saved: tuple[Tensor, ...], shapes: tuple[torch.Size, ...], dtypes: tuple, needs: tuple[bool, ...]
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients of :func:`_normal_cdf`: for ``x`` elementwise (finite unless NaN), for ``loc`` and ``scale``
+    summed to ``shapes`` and saturated to ``dtypes``."""
+    w, scale = saved
+    big = torch.finfo(w.dtype).max
+    # phi(z) with z = -sqrt(2) w; exactly 0 where |w| is huge or infinite.
+    phi = torch.exp(-w * w) * (1.0 / math.sqrt(2.0 * math.pi))
+    gx = gloc = gscale = None
+    if needs[0] or needs[1]:
+        d = (grad * phi / scale).clamp(-big, big)  # clamp keeps NaN (from NaN points)
+        gx = d if needs[0] else None
+        if needs[1]:
+            gloc = _saturate(_sum_to_shape(d, shapes[0], nan_as_zero=False).neg(), dtypes[0])
+    if needs[2]:
+        # z phi(z) is 0 where w is infinite (there 0 * inf would give NaN); NaN points keep NaN.
+        z_phi = torch.where(torch.isinf(w), torch.zeros_like(w), w * (-math.sqrt(2.0)) * phi)
+        d = (-(grad * z_phi) / scale).clamp(-big, big)
+        gscale = _saturate(_sum_to_shape(d, shapes[1], nan_as_zero=False), dtypes[1])
+    return gx, gloc, gscale
+
+
 class _NormalCdf(torch.autograd.Function):
     r"""``Phi((x - loc) / scale)`` with a hand-written backward that stays finite for any valid parameters.
 
@@ -566,34 +630,18 @@ class _NormalCdf(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
-        w = (loc - x) / (scale * math.sqrt(2.0))
-        ctx.save_for_backward(w, scale)
-        ctx.shapes = (x.shape, loc.shape, scale.shape)
+        cdf, saved = _normal_cdf(x, loc, scale)
+        ctx.save_for_backward(*saved)
+        ctx.x_shape = x.shape
+        ctx.shapes = (loc.shape, scale.shape)
         ctx.dtypes = (loc.dtype, scale.dtype)
-        return 0.5 * torch.special.erfc(w)
+        return cdf
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        w, scale = ctx.saved_tensors
-        x_shape, loc_shape, scale_shape = ctx.shapes
-        big = torch.finfo(w.dtype).max
-        # phi(z) with z = -sqrt(2) w; exactly 0 where |w| is huge or infinite.
-        phi = torch.exp(-w * w) * (1.0 / math.sqrt(2.0 * math.pi))
-        g_phi = grad * phi
-        gx = gloc = gscale = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            d = (g_phi / scale).clamp(-big, big)  # clamp keeps NaN (from NaN points)
-            if ctx.needs_input_grad[0]:
-                gx = _sum_to_shape(d, x_shape, nan_as_zero=False)
-            if ctx.needs_input_grad[1]:
-                gloc = _saturate(_sum_to_shape(d, loc_shape, nan_as_zero=False).neg(), ctx.dtypes[0])
-        if ctx.needs_input_grad[2]:
-            # z phi(z) is 0 where w is infinite (there 0 * inf would give NaN); NaN points keep NaN.
-            z_phi = torch.where(torch.isinf(w), torch.zeros_like(w), w * (-math.sqrt(2.0)) * phi)
-            d = (-(grad * z_phi) / scale).clamp(-big, big)
-            gscale = _saturate(_sum_to_shape(d, scale_shape, nan_as_zero=False), ctx.dtypes[1])
-        return gx, gloc, gscale
+        gx, gloc, gscale = _normal_cdf_grads(grad, ctx.saved_tensors, ctx.shapes, ctx.dtypes, ctx.needs_input_grad)
+        return _x_grad(gx, ctx.x_shape), gloc, gscale
 
 
 class _SaturatingCast(torch.autograd.Function):

@@ -51,6 +51,9 @@ from numbers import Number
 import torch
 from torch import Tensor
 
+from gbs_loss import _native
+from gbs_loss._shapes import broadcast_shapes
+
 __all__ = ["beta_log_prob", "betainc", "betaln"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -84,7 +87,7 @@ _DIGAMMA = (
 # elements iterate long, so the cap is generous (about 1e7 at the mean). Unconverged elements give NaN.
 _MAX_STEPS = 512
 _MAX_STEPS_CPU = 4096
-_CHUNK = 8
+_SERIES_TERMS = 64
 _TOL = 4.0e-16
 _TINY = 1.0e-300
 
@@ -441,8 +444,11 @@ def _continued_fraction(
 
     Returns ``(log G, d log G / dp, d log G / dq, converged)``. With ``compact`` (CPU), converged elements leave
     the working set at a few checkpoints; otherwise (any other device) a fixed number of steps runs with
-    convergence masks and no host synchronisation.
+    convergence masks and no host synchronisation. On CPU the same loop runs in the native kernel
+    (:mod:`gbs_loss._native`, one element at a time, each stopping at its own convergence) when it is available.
     """
+    if compact and _native.enabled():
+        return _native.cfrac(p, q, x, y, lam, _MAX_STEPS_CPU, _TOL, _TINY)
     out_g = torch.empty_like(x)
     out_dg = torch.empty((2, *x.shape), dtype=x.dtype, device=x.device)
     idx = torch.arange(x.numel(), device=x.device) if compact else None
@@ -522,20 +528,23 @@ def _complement_series(p: Tensor, q: Tensor, xx: Tensor, logxx: Tensor) -> tuple
     Requires :math:`p \le 0.2`, :math:`q\,xx` of order 1 and :math:`xx \le 0.3`; 64 terms then reach double
     precision.
     """
-    t = torch.ones_like(xx)  # t_j = (1 - q)_j / j! * xx^j
-    dt = torch.zeros_like(xx)  # d t_j / dq
-    big_t = torch.zeros_like(xx)
-    dtp = torch.zeros_like(xx)
-    dtq = torch.zeros_like(xx)
-    for j in range(1, 65):
-        f = (j - q) * xx / j
-        dt = dt * f - t * (xx / j)
-        t = t * f
-        inv = 1.0 / (p + j)
-        term = t * inv
-        big_t = big_t + term
-        dtp = dtp - term * inv
-        dtq = dtq + dt * inv
+    if p.device.type == "cpu" and _native.enabled():
+        big_t, dtp, dtq = _native.complement_sums(p, q, xx, _SERIES_TERMS)
+    else:
+        t = torch.ones_like(xx)  # t_j = (1 - q)_j / j! * xx^j
+        dt = torch.zeros_like(xx)  # d t_j / dq
+        big_t = torch.zeros_like(xx)
+        dtp = torch.zeros_like(xx)
+        dtq = torch.zeros_like(xx)
+        for j in range(1, _SERIES_TERMS + 1):
+            f = (j - q) * xx / j
+            dt = dt * f - t * (xx / j)
+            t = t * f
+            inv = 1.0 / (p + j)
+            term = t * inv
+            big_t = big_t + term
+            dtp = dtp - term * inv
+            dtq = dtq + dt * inv
     pt = p * big_t
     logj = p * logxx - _lgamma1p_small(p) + _lgamma_diff(q, p) + torch.log1p(pt)
     dlogj_p = logxx + _digamma_diff(1.0 + p, q - 1.0) + (big_t + p * dtp) / (1.0 + pt)
@@ -770,7 +779,7 @@ def _as_float_tensors(
         for t in tensors
     ]
     try:
-        shape = torch.broadcast_shapes(*(t.shape for t in converted))
+        shape = broadcast_shapes(*(t.shape for t in converted))
     except RuntimeError:
         found = ", ".join(f"{n}: {tuple(t.shape)}" for n, t in zip(names, converted, strict=True))
         raise ValueError(f"{', '.join(names)} must have shapes that broadcast together, got {found}") from None
@@ -832,7 +841,7 @@ def betainc(a: Tensor | float, b: Tensor | float, x: Tensor | float) -> Tensor:
     """
     (a_t, b_t, x_t), dtype = _as_float_tensors(("a", "b", "x"), (a, b, x), broadcast=False)
     a_t, b_t = torch.broadcast_tensors(a_t, b_t)
-    shape = torch.broadcast_shapes(a_t.shape, x_t.shape)
+    shape = broadcast_shapes(a_t.shape, x_t.shape)
     if a_t.numel() >= math.prod(shape):
         # (a, b) are not smaller than the output: no parameter sharing to exploit.
         a_t, b_t = a_t.expand(shape), b_t.expand(shape)
