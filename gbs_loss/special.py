@@ -117,8 +117,12 @@ def _piecewise(mask: Tensor, fn, args: tuple[Tensor, ...], safe: tuple[float, ..
     """
     if compact:
         out = torch.zeros_like(args[0])
-        if bool(mask.any()):
-            out[mask] = fn(*(t[mask] for t in args))
+        idx = mask.reshape(-1).nonzero().reshape(-1)  # one nonzero for all the arguments
+        if idx.numel() == mask.numel():
+            return fn(*args)
+        if idx.numel() > 0:
+            sub = fn(*(t.reshape(-1).index_select(0, idx) for t in args))
+            out.reshape(-1).index_copy_(0, idx, sub)
         return out
     value = fn(*(torch.where(mask, t, v) for t, v in zip(args, safe, strict=True)))
     return torch.where(mask, value, torch.zeros_like(value))
@@ -375,6 +379,18 @@ def _digamma_diff(d: Tensor, delta: Tensor) -> Tensor:
     return torch.where(shift, asym + corr, asym)
 
 
+def _digamma_diffs(*pairs: tuple[Tensor, Tensor]) -> list[Tensor]:
+    """:func:`_digamma_diff` of several ``(d, delta)`` pairs of one shape in one batched evaluation.
+
+    The function is some fifty elementwise operations; on small tensors (one per parameter) their fixed cost
+    dominates, so the pairs are concatenated and evaluated once.
+    """
+    shape = pairs[0][0].shape
+    d = torch.cat([pair[0].reshape(-1) for pair in pairs])
+    delta = torch.cat([pair[1].reshape(-1) for pair in pairs])
+    return [part.reshape(shape) for part in _digamma_diff(d, delta).tensor_split(len(pairs))]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The continued fraction with forward-mode derivatives.
 # ----------------------------------------------------------------------------------------------------------
@@ -547,8 +563,9 @@ def _complement_series(p: Tensor, q: Tensor, xx: Tensor, logxx: Tensor) -> tuple
             dtq = dtq + dt * inv
     pt = p * big_t
     logj = p * logxx - _lgamma1p_small(p) + _lgamma_diff(q, p) + torch.log1p(pt)
-    dlogj_p = logxx + _digamma_diff(1.0 + p, q - 1.0) + (big_t + p * dtp) / (1.0 + pt)
-    dlogj_q = _digamma_diff(q, p) + p * dtq / (1.0 + pt)
+    dig_p, dig_q = _digamma_diffs((1.0 + p, q - 1.0), (q, p))
+    dlogj_p = logxx + dig_p + (big_t + p * dtp) / (1.0 + pt)
+    dlogj_q = dig_q + p * dtq / (1.0 + pt)
     return logj, dlogj_p, dlogj_q
 
 
@@ -559,13 +576,11 @@ def _parameter_terms(a: Tensor, b: Tensor) -> dict[str, Tensor]:
     psi(a+b) - psi(a+1) and ``q = b`` needs psi(a+b) - psi(b); swapped, the same with ``a`` and ``b`` exchanged.
     """
     large = torch.minimum(a, b) >= _LARGE
+    digammas = _digamma_diffs((a + 1.0, b - 1.0), (b, a), (b + 1.0, a - 1.0), (a, b))
     return {
         "lbeta": _betaln64(a, b),
         "stirling": _piecewise(large, _stirling_constant, (a, b), (_LARGE, _LARGE), False),
-        "d_a1": _digamma_diff(a + 1.0, b - 1.0),
-        "d_b": _digamma_diff(b, a),
-        "d_b1": _digamma_diff(b + 1.0, a - 1.0),
-        "d_a": _digamma_diff(a, b),
+        **dict(zip(("d_a1", "d_b", "d_b1", "d_a"), digammas, strict=True)),
     }
 
 
@@ -614,8 +629,7 @@ def _betainc_kernel(a: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Te
         dig_q = torch.where(swap, flat(terms["d_a"]), flat(terms["d_b"]))
     else:
         params = None
-        dig_p = _digamma_diff(p + 1.0, q - 1.0)
-        dig_q = _digamma_diff(q, p)
+        dig_p, dig_q = _digamma_diffs((p + 1.0, q - 1.0), (q, p))
     logk = _log_prefactor(p, q, lam, logxx, logyy, compact, params)
     logf, gp, gq, converged = _continued_fraction(p, q, xx, yy, lam, compact)
     # Far outside the documented domain (a, b of order 1e7 and more near the mean) the fraction may not have
