@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from scipy import special
 from test_betainc import TOLERANCE, oracle, rel_err, value_and_grads, wide_grid
 
-from gbs_loss import _native, batch_shaping_loss, betainc, hyperprior_loss
+from gbs_loss import _native, _sorting, batch_shaping_loss, betainc, hyperprior_loss
 from gbs_loss import functional as F
 from gbs_loss import special as S
 from gbs_loss._shapes import broadcast_shapes
@@ -209,13 +209,19 @@ def _special_values(dtype: torch.dtype) -> Tensor:
 
 
 class TestSort:
+    @pytest.fixture(params=["numpy", "torch"])
+    def sort_backend(self, request, monkeypatch):
+        monkeypatch.setenv("GBS_LOSS_SORT", request.param)
+        assert _sorting.backend() == request.param
+        return request.param
+
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
     @pytest.mark.parametrize("shape,dim", [((5000,), 0), ((300, 40), 0), ((40, 300), 1), ((64, 3, 50), 0)])
-    def test_values_and_permutation(self, dtype, shape, dim):
+    def test_values_and_permutation(self, dtype, shape, dim, sort_backend):
         x = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(0)) * 1e3
         flat = x.reshape(-1)
         flat[: 12 * 8 : 8] = _special_values(dtype)  # signed zeros, subnormals, infinities, extremes
-        values, indices = F._sort(x, dim)
+        values, indices = _sorting.sort(x, dim)
         assert torch.equal(values, torch.sort(x, dim=dim).values)
         assert torch.equal(x.gather(dim, indices), values)
         assert torch.equal(indices.sort(dim).values, torch.arange(shape[dim]).reshape(
@@ -226,7 +232,7 @@ class TestSort:
         x = torch.rand(6000, 3, dtype=dtype, generator=torch.Generator().manual_seed(1))
         x[:10] = 0.0
         x[10:20] = 1.0
-        values, indices = F._sort(x, 0, nonnegative=True)
+        values, indices = _sorting.sort(x, 0, nonnegative=True)
         assert torch.equal(values, torch.sort(x, dim=0).values)
         assert torch.equal(x.gather(0, indices), values)
 
@@ -234,7 +240,7 @@ class TestSort:
         x = torch.randn(5000, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
         x[[3, 70]] = float("nan")
         x[100] = -float("nan")
-        values, _ = F._sort(x, 0)
+        values, _ = _sorting.sort(x, 0)
         finite = values[~values.isnan()]
         assert values.isnan().sum() == 3
         assert torch.equal(finite, torch.sort(x[~x.isnan()]).values)
@@ -242,12 +248,43 @@ class TestSort:
     @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int64])
     def test_other_dtypes_use_torch_sort(self, dtype):
         x = (torch.randn(5000) * 100).to(dtype)
-        values, indices = F._sort(x, 0)
+        values, indices = _sorting.sort(x, 0)
         ref = torch.sort(x)
         assert torch.equal(values, ref.values) and torch.equal(x[indices], values)
 
+    @pytest.mark.parametrize("nonnegative", [False, True])
+    @pytest.mark.parametrize("shape,dim", [((3000, 4), 0), ((4, 3000), -1), ((50, 7, 40), 1)])
+    def test_packed_keys_are_a_stable_sort(self, shape, dim, nonnegative, sort_backend):
+        # float32 with several positions takes the packed keys: tied samples keep their original order,
+        # exactly as torch's stable sort, whichever library sorts the keys.
+        g = torch.Generator().manual_seed(3)
+        levels = torch.rand(17, generator=g) if nonnegative else torch.randn(17, generator=g)
+        levels[:2] = torch.tensor([0.0, -0.0 if not nonnegative else 1.0])
+        x = levels[torch.randint(17, shape, generator=g)]  # heavy ties
+        values, indices = _sorting.sort(x, dim, nonnegative=nonnegative)
+        ref = torch.sort(x, dim=dim, stable=True)
+        assert torch.equal(values, ref.values)
+        if not nonnegative:  # torch ranks -0.0 and +0.0 as ties; the keys put -0.0 first
+            x = x + 0.0  # -0.0 + 0.0 = +0.0
+            values, indices = _sorting.sort(x, dim)
+            ref = torch.sort(x, dim=dim, stable=True)
+        assert torch.equal(indices, ref.indices)
+
+    def test_non_contiguous_input(self, sort_backend):
+        x = torch.randn(300, 40, generator=torch.Generator().manual_seed(5)).t()  # a transposed view
+        values, indices = _sorting.sort(x, 1)
+        ref = torch.sort(x, dim=1, stable=True)
+        assert torch.equal(values, ref.values) and torch.equal(indices, ref.indices)
+
+    def test_backend_is_measured_once(self, monkeypatch):
+        monkeypatch.delenv("GBS_LOSS_SORT", raising=False)
+        assert _sorting.backend() in ("numpy", "torch")
+        assert _sorting.backend() == _sorting.backend()
+        monkeypatch.setenv("GBS_LOSS_SORT", "nonsense")  # not a choice: measured as without it
+        assert _sorting.backend() == _sorting._measured_backend(torch.get_num_threads())
+
     def test_gradient_is_the_scatter_back(self, monkeypatch):
-        monkeypatch.setattr(F, "_INT_SORT_MIN", 0)  # the integer path on a tensor small enough for gradcheck
+        monkeypatch.setattr(_sorting, "INT_SORT_MIN", 0)  # the integer path on a tensor small enough for gradcheck
         x = torch.randn(7, 3, dtype=F64, requires_grad=True)
         assert torch.autograd.gradcheck(lambda t: F._SortValues.apply(t, 0, False), (x,))
         w = torch.randn(7, 3, dtype=F64)
