@@ -322,7 +322,23 @@ def peak_and_saved_bytes(problem: Problem) -> tuple[int | None, int]:
     On the CPU the peak comes from the profiler's memory timeline (None where this torch has none), on CUDA
     from the allocator's peak statistics; the saved bytes are counted once per storage with
     ``torch.autograd.graph.saved_tensors_hooks``.
+
+    On the CPU the sort of the packed keys is forced to torch (``GBS_LOSS_SORT=torch``): NumPy's sort allocates
+    its output (8 bytes per value) outside torch, where the profiler cannot see it, while torch's sort allocates
+    values and indices (16 bytes per value), so the peak measured this way bounds the NumPy path's from above.
     """
+    previous = os.environ.get("GBS_LOSS_SORT")
+    os.environ["GBS_LOSS_SORT"] = "torch"
+    try:
+        return _memory_of(problem)
+    finally:
+        if previous is None:
+            del os.environ["GBS_LOSS_SORT"]
+        else:
+            os.environ["GBS_LOSS_SORT"] = previous
+
+
+def _memory_of(problem: Problem) -> tuple[int | None, int]:
     problem.backward()  # warm-up: one-time allocations are not part of the loss's memory
     saved: dict[int, int] = {}
 
