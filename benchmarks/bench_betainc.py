@@ -195,7 +195,10 @@ def measure(
     return best
 
 
-def add_load_arguments(parser: argparse.ArgumentParser) -> None:
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that both benchmark scripts take (the plots differ and are added by each)."""
+    parser.add_argument("--repeats", type=int, help="interleaved repeats per case (default 7, quick 3)")
+    parser.add_argument("--min-time", type=float, default=0.02, help="seconds per measurement (default 0.02)")
     parser.add_argument(
         "--max-other-load",
         type=float,
@@ -203,6 +206,25 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
         help="retake a case when other processes used more than this fraction of the CPU (default 0.1)",
     )
     parser.add_argument("--attempts", type=int, default=3, help="measurements per case at most (default 3)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--device", default="cpu", help="device of ours, e.g. cuda (scipy stays on the host)")
+    parser.add_argument("--markdown", type=Path, help="write the markdown report here")
+    parser.add_argument("--json", type=Path, help="write the raw results here")
+    parser.add_argument("--quiet", action="store_true", help="print only the report")
+
+
+def where_measured(info: dict[str, str | int | None], threads: int) -> str:
+    """The machine in a plot title: the GPU, else the CPU and the number of torch threads."""
+    return str(info["gpu"] or f"{info['cpu']}, {threads} torch threads")
+
+
+def publish(report: Sequence[str], args: argparse.Namespace, result: dict) -> dict:
+    """Print the report and write it to ``--markdown``, the results to ``--json``; ``result`` plus the text."""
+    text = "\n".join(report) + "\n"
+    print(text)
+    write_output(args.markdown, text)
+    write_output(args.json, json.dumps(result, indent=1))
+    return {**result, "markdown": text}
 
 
 def load_note(max_other_load: float, attempts: int) -> str:
@@ -343,12 +365,25 @@ def markdown_table(rows: Sequence[dict]) -> list[str]:
     return lines
 
 
-def plot(rows: Sequence[dict], path: Path, title: str) -> None:
+def pyplot():
+    """``matplotlib.pyplot`` with the non-interactive Agg backend (imported only when a plot is asked for)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write ``fig`` as a PNG to ``path`` (creating its folder) and release it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+
+
+def plot(rows: Sequence[dict], path: Path, title: str) -> None:
+    plt = pyplot()
     regions = [reg for reg in REGIONS if any(r["region"] == reg for r in rows)]
     fig, axes = plt.subplots(1, len(regions), figsize=(4.2 * len(regions), 4.0), sharey=True, squeeze=False)
     styles = {"float64": "-", "float32": "--"}
@@ -373,9 +408,7 @@ def plot(rows: Sequence[dict], path: Path, title: str) -> None:
     fig.legend(handles, labels, loc="lower center", ncol=len(series) * len(styles) // 2, fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -384,15 +417,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--full", action="store_true", help="sizes 1e3 .. 1e6 (1e6 takes minutes on 2 cores)")
     parser.add_argument("--sizes", type=parse_size, nargs="+", help="numbers of points (default 1e3 .. 1e5)")
     parser.add_argument("--regions", nargs="+", choices=REGIONS, default=list(REGIONS))
-    parser.add_argument("--repeats", type=int, help="interleaved repeats per case (default 7, quick 3)")
-    parser.add_argument("--min-time", type=float, default=0.02, help="seconds per measurement (default 0.02)")
-    add_load_arguments(parser)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    parser.add_argument("--device", default="cpu", help="device of ours, e.g. cuda (scipy stays on the host)")
-    parser.add_argument("--markdown", type=Path, help="write the markdown report here")
+    add_common_arguments(parser)
     parser.add_argument("--plot", type=Path, help="write the PNG plot here")
-    parser.add_argument("--json", type=Path, help="write the raw results here")
-    parser.add_argument("--quiet", action="store_true", help="print only the report")
     args = parser.parse_args(argv)
     sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES if args.full else DEFAULT_SIZES)
     repeats = args.repeats or (3 if args.quick else 7)
@@ -424,14 +450,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "",
         *markdown_table(rows),
     ]
-    text = "\n".join(report) + "\n"
-    print(text)
-    write_output(args.markdown, text)
+    result = publish(report, args, {"machine": info, "threads": threads, "repeats": repeats, "rows": rows})
     if args.plot:
-        where = info["gpu"] or f"{info['cpu']}, {threads} torch threads"
-        plot(rows, args.plot, f"betainc on {where}; scipy on the host CPU")
-    result = {"machine": info, "threads": threads, "repeats": repeats, "rows": rows, "markdown": text}
-    write_output(args.json, json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=1))
+        plot(rows, args.plot, f"betainc on {where_measured(info, threads)}; scipy on the host CPU")
     return result
 
 

@@ -58,16 +58,19 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_betainc import (  # noqa: E402
-    add_load_arguments,
+    add_common_arguments,
     format_load,
     load_note,
     machine_info,
     machine_markdown,
     measure,
     parse_size,
+    publish,
+    pyplot,
+    save_figure,
     set_threads,
     synchronize,
-    write_output,
+    where_measured,
 )
 from published_baseline import published_bas_loss, published_gbas_loss  # noqa: E402
 
@@ -443,17 +446,8 @@ def memory_table(rows: Sequence[dict], summary: Sequence[dict]) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------
 # Plots.
 # ----------------------------------------------------------------------------------------------------------
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_speed(rows: Sequence[dict], path: Path, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     series = (
         ("ours_fwd_bwd", "ours fwd+bwd", "tab:blue"),
         ("scipy", "scipy CDF fwd", "tab:gray"),
@@ -476,13 +470,11 @@ def plot_speed(rows: Sequence[dict], path: Path, title: str) -> None:
     ax.legend(fontsize=7)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_memory(rows: Sequence[dict], path: Path, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     for i, series in enumerate(dict.fromkeys(r["series"] for r in rows)):
         sel = [r for r in rows if r["series"] == series]
@@ -501,9 +493,7 @@ def plot_memory(rows: Sequence[dict], path: Path, title: str) -> None:
     ax.legend(fontsize=6, loc="upper left")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -512,19 +502,12 @@ def plot_memory(rows: Sequence[dict], path: Path, title: str) -> None:
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small cases, 3 repeats, memory at 1e3 and 1e4")
-    parser.add_argument("--repeats", type=int, help="interleaved repeats per case (default 7, quick 3)")
-    parser.add_argument("--min-time", type=float, default=0.02, help="seconds per measurement (default 0.02)")
-    add_load_arguments(parser)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    parser.add_argument("--device", default="cpu", help="device of ours, e.g. cuda (scipy stays on the host)")
+    add_common_arguments(parser)
     parser.add_argument("--memory-sizes", type=parse_size, nargs="+", help="numbers of values for the memory")
     parser.add_argument("--no-published", action="store_true", help="skip the published-style baseline")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
-    parser.add_argument("--markdown", type=Path, help="write the markdown report here")
     parser.add_argument("--plot", type=Path, help="write the speed plot (PNG) here")
     parser.add_argument("--memory-plot", type=Path, help="write the memory plot (PNG) here")
-    parser.add_argument("--json", type=Path, help="write the raw results here")
-    parser.add_argument("--quiet", action="store_true", help="print only the report")
     args = parser.parse_args(argv)
     cases = QUICK_CASES if args.quick else CASES
     repeats = args.repeats or (3 if args.quick else 7)
@@ -567,25 +550,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "",
             *memory_table(memory, summary),
         ]
-    text = "\n".join(report) + "\n"
-    print(text)
-    write_output(args.markdown, text)
+    result = publish(
+        report,
+        args,
+        {
+            "machine": info,
+            "threads": threads,
+            "repeats": repeats,
+            "rows": rows,
+            "targets": found,
+            "memory": memory,
+            "memory_summary": summary,
+        },
+    )
     if args.plot:
-        where = info["gpu"] or f"{info['cpu']}, {threads} torch threads"
-        plot_speed(rows, args.plot, f"Losses on {where}, float32; scipy on the host CPU")
+        plot_speed(rows, args.plot, f"Losses on {where_measured(info, threads)}, float32; scipy on the host CPU")
     if args.memory_plot and memory:
         plot_memory(memory, args.memory_plot, f"Memory of one forward + backward on {args.device}, float32")
-    result = {
-        "machine": info,
-        "threads": threads,
-        "repeats": repeats,
-        "rows": rows,
-        "targets": found,
-        "memory": memory,
-        "memory_summary": summary,
-        "markdown": text,
-    }
-    write_output(args.json, json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=1))
     return result
 
 
