@@ -306,7 +306,7 @@ def _in_layout(param: Tensor, positions: int, dim: int) -> Tensor:
 
 
 def _fused_loss(x: Tensor, prior: Prior, dim: int, reduction: str, nonnegative: bool, name: str) -> Tensor:
-    """The loss through :class:`_FusedShaping` (ties broken arbitrarily)."""
+    """The loss through :class:`_FusedShaping` (tied samples ranked in the fixed order of the sort)."""
     get_params, kernel = _FUSED_PRIORS[type(prior)]
     positions = x.shape[:dim] + x.shape[dim + 1 :]
     _check_prior_shape(prior, positions, name)
