@@ -22,7 +22,7 @@ from test_betainc import TOLERANCE, oracle, rel_err, value_and_grads, wide_grid
 
 from gbs_loss import _native, _sorting, batch_shaping_loss, betainc, hyperprior_loss
 from gbs_loss import functional as F
-from gbs_loss import special as S
+from gbs_loss.special import _legacy as S
 from gbs_loss._shapes import broadcast_shapes
 from gbs_loss.priors import Beta, Normal, RelaxedBernoulli, _within
 
