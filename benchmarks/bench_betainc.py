@@ -25,230 +25,58 @@ Usage::
     python benchmarks/bench_betainc.py [--quick | --full | --sizes 1e3 1e4 ...] [--repeats R] [--threads T]
         [--device cpu|cuda] [--markdown PATH] [--plot PATH] [--json PATH]
 
-``--full`` adds 1e6 points (minutes on a 2-core machine). With ``--device cuda`` ours runs on the GPU,
-synchronised after every call; scipy stays on the host.
+Default sizes: 196 (one Beta hyperprior call in MSViT), 1e3, 1e4 and 1e5 points; ``--full`` adds 1e6 points
+(minutes on a 2-core machine). With ``--device cuda`` ours runs on the GPU, synchronised after every call; scipy
+stays on the host. ``GBS_LOSS_BACKEND`` (``auto``, ``torch``, ``native``, ``triton``) chooses our implementation;
+the machine line of the report says which was asked for.
+
+Targets (issue 11, CPU): ours fwd+bwd at most 3x scipy's forward at 196 points, 1.5x at 1e3, 1.0x at 1e5; the
+report gives, per size, the worst ratio over dtypes and regions.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
-import statistics
-import time
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import scipy
 import torch
 from scipy import special
 
-import gbs_loss
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    add_common_arguments,
+    format_load,
+    format_size,
+    load_note,
+    machine_info,
+    machine_markdown,
+    measure,
+    parse_size,
+    publish,
+    pyplot,
+    ratio_verdict,
+    save_figure,
+    set_threads,
+    synchronize,
+    where_measured,
+)
+
+import gbs_loss  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REGIONS = ("moderate", "tiny", "large")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-DEFAULT_SIZES = (1_000, 10_000, 100_000)
-FULL_SIZES = (1_000, 10_000, 100_000, 1_000_000)
-QUICK_SIZES = (1_000, 10_000)
+DEFAULT_SIZES = (196, 1_000, 10_000, 100_000)
+FULL_SIZES = (196, 1_000, 10_000, 100_000, 1_000_000)
+QUICK_SIZES = (196, 1_000)
+# Targets of issue 11 (CPU): ours fwd+bwd / scipy fwd at most this, by number of points (196: one hyperprior call).
+TARGETS = {196: 3.0, 1_000: 1.5, 100_000: 1.0}
 X_CLIP = 1e-6
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Shared helpers (also used by bench_loss.py).
-# ----------------------------------------------------------------------------------------------------------
-def set_threads(threads: int | None) -> int:
-    """Set torch's intra-op threads (default: all cores) and return the number in use."""
-    torch.set_num_threads(threads if threads else (os.cpu_count() or 1))
-    return torch.get_num_threads()
-
-
-def synchronize(device: str | torch.device) -> None:
-    """Wait for the device's queued work (a no-op on the CPU), so that timings include it."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def gpu_model(device: str | torch.device) -> str | None:
-    if torch.device(device).type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return None
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine_info(device: str = "cpu") -> dict[str, str | int | None]:
-    """The machine and software versions, to print with every result."""
-    return {
-        "device": str(device),
-        "gpu": gpu_model(device),
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "cores": os.cpu_count() or 1,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "gbs_loss": gbs_loss.__version__,
-    }
-
-
-def write_output(path: Path | None, text: str) -> None:
-    """Write ``text`` to ``path`` (creating its folder) when a path was given."""
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-
-
-def machine_markdown(info: dict[str, str | int | None]) -> list[str]:
-    gpu = f"; ours on {info['device']} ({info['gpu']}), synchronised" if info.get("gpu") else ""
-    return [
-        f"Machine: {info['platform']}, CPU {info['cpu']} ({info['cores']} cores), "
-        f"torch threads {info['torch_threads']}{gpu}; Python {info['python']}, torch {info['torch']}, "
-        f"NumPy {info['numpy']}, SciPy {info['scipy']}, gbs-loss {info['gbs_loss']}.",
-    ]
-
-
-def _machine_busy_seconds() -> float | None:
-    """CPU seconds the whole machine has spent busy since boot (Linux ``/proc/stat``), None elsewhere."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, *rest = fields + [0] * max(0, 8 - len(fields))
-    steal = rest[0] if rest else 0
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-def interleaved_medians(
-    fns: dict[str, Callable[[], object]], repeats: int, min_time: float = 0.02
-) -> tuple[dict[str, float], float | None]:
-    """Median seconds per call of every function, measured interleaved, and the load of other processes.
-
-    Each function is called once (warm-up), then timed once more to choose an inner loop count so that one
-    measurement lasts at least ``min_time`` seconds. The ``repeats`` rounds call the functions in a rotating
-    order; the median over rounds is returned, with the fraction of the machine's CPU time that other
-    processes used during the rounds (None where it cannot be read).
-    """
-    names = list(fns)
-    loops = {}
-    for name in names:
-        fns[name]()
-        start = time.perf_counter()
-        fns[name]()
-        once = max(time.perf_counter() - start, 1e-7)
-        loops[name] = max(1, math.ceil(min_time / once))
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    busy0, own0, wall0 = _machine_busy_seconds(), _own_seconds(), time.perf_counter()
-    for r in range(max(1, repeats)):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            fn, n = fns[name], loops[name]
-            start = time.perf_counter()
-            for _ in range(n):
-                fn()
-            samples[name].append((time.perf_counter() - start) / n)
-    busy1, own1, wall1 = _machine_busy_seconds(), _own_seconds(), time.perf_counter()
-    other = None
-    if busy0 is not None and busy1 is not None:
-        other = max(0.0, (busy1 - busy0) - (own1 - own0)) / ((wall1 - wall0) * (os.cpu_count() or 1))
-    return {name: statistics.median(v) for name, v in samples.items()}, other
-
-
-def measure(
-    fns: dict[str, Callable[[], object]],
-    repeats: int,
-    min_time: float = 0.02,
-    max_other_load: float = 0.1,
-    attempts: int = 3,
-) -> tuple[dict[str, float], float | None]:
-    """:func:`interleaved_medians`, repeated while other processes used more than ``max_other_load``.
-
-    On a shared machine another process that takes a core stalls torch's thread pool far more than it slows
-    single-threaded SciPy, which skews ratios. A measurement during which other processes used more than
-    ``max_other_load`` of the machine's CPU time is taken again, up to ``attempts`` times in all; the one with
-    the least foreign load is kept, and that load is returned with it.
-    """
-    best: tuple[dict[str, float], float | None] | None = None
-    for _ in range(max(1, attempts)):
-        times, other = interleaved_medians(fns, repeats, min_time)
-        if best is None or (other is not None and best[1] is not None and other < best[1]):
-            best = (times, other)
-        if other is None or other <= max_other_load:
-            break
-    return best
-
-
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that both benchmark scripts take (the plots differ and are added by each)."""
-    parser.add_argument("--repeats", type=int, help="interleaved repeats per case (default 7, quick 3)")
-    parser.add_argument("--min-time", type=float, default=0.02, help="seconds per measurement (default 0.02)")
-    parser.add_argument(
-        "--max-other-load",
-        type=float,
-        default=0.1,
-        help="retake a case when other processes used more than this fraction of the CPU (default 0.1)",
-    )
-    parser.add_argument("--attempts", type=int, default=3, help="measurements per case at most (default 3)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    parser.add_argument("--device", default="cpu", help="device of ours, e.g. cuda (scipy stays on the host)")
-    parser.add_argument("--markdown", type=Path, help="write the markdown report here")
-    parser.add_argument("--json", type=Path, help="write the raw results here")
-    parser.add_argument("--quiet", action="store_true", help="print only the report")
-
-
-def where_measured(info: dict[str, str | int | None], threads: int) -> str:
-    """The machine in a plot title: the GPU, else the CPU and the number of torch threads."""
-    return str(info["gpu"] or f"{info['cpu']}, {threads} torch threads")
-
-
-def publish(report: Sequence[str], args: argparse.Namespace, result: dict) -> dict:
-    """Print the report and write it to ``--markdown``, the results to ``--json``; ``result`` plus the text."""
-    text = "\n".join(report) + "\n"
-    print(text)
-    write_output(args.markdown, text)
-    write_output(args.json, json.dumps(result, indent=1))
-    return {**result, "markdown": text}
-
-
-def load_note(max_other_load: float, attempts: int) -> str:
-    return (
-        f"'other load': share of the machine's CPU time used by other processes while measuring; cases above "
-        f"{100 * max_other_load:.0f}% were measured again (at most {attempts} times, the quietest kept)."
-    )
-
-
-def parse_size(text: str) -> int:
-    value = float(text)
-    if value < 1 or value != int(value):
-        raise argparse.ArgumentTypeError(f"a size must be a positive integer, got {text}")
-    return int(value)
-
-
-def format_load(load: float | None) -> str:
-    return "-" if load is None else f"{100 * load:.0f}%"
-
-
-def format_size(n: int) -> str:
-    """``1e5`` for powers of ten, ``12,345`` otherwise."""
-    exponent = round(math.log10(n)) if n > 0 else 0
-    return f"1e{exponent}" if n == 10**exponent else f"{n:,}"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -349,37 +177,55 @@ def run(
 
 
 def markdown_table(rows: Sequence[dict]) -> list[str]:
-    """One row per (dtype, region, size): nanoseconds per point and the ratio ours fwd+bwd / scipy."""
+    """One row per (dtype, region, size): nanoseconds per point, the ratio ours fwd+bwd / scipy, the target."""
     lines = [
         "| dtype | region | points | scipy fwd (ns/pt) | ours fwd (ns/pt) | ours fwd+bwd (ns/pt) "
-        "| fwd+bwd / scipy fwd | other load |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| fwd+bwd / scipy fwd | target | other load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         per = 1e9 / r["n"]
+        target = f"<= {TARGETS[r['n']]:g}" if r["n"] in TARGETS else "-"
         lines.append(
             f"| {r['dtype']} | {r['region']} | {format_size(r['n'])} | {r['scipy'] * per:.0f} "
-            f"| {r['ours_fwd'] * per:.0f} | {r['ours_fwd_bwd'] * per:.0f} | {r['ratio']:.2f} "
+            f"| {r['ours_fwd'] * per:.0f} | {r['ours_fwd_bwd'] * per:.0f} | {r['ratio']:.2f} | {target} "
             f"| {format_load(r['other_load'])} |"
         )
     return lines
 
 
-def pyplot():
-    """``matplotlib.pyplot`` with the non-interactive Agg backend (imported only when a plot is asked for)."""
-    import matplotlib
+def targets(rows: Sequence[dict], max_other_load: float = 0.1) -> list[dict]:
+    """Per target size: the worst ratio over the dtypes and regions measured, and whether it meets the target.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    ``verdict`` is ``inconclusive`` when other processes loaded the machine beyond ``max_other_load`` during
+    the worst case.
+    """
+    out = []
+    for n, limit in TARGETS.items():
+        sel = [r for r in rows if r["n"] == n]
+        if not sel:
+            continue
+        worst = max(sel, key=lambda r: r["ratio"])
+        out.append(
+            {
+                "n": n,
+                "limit": limit,
+                "worst_ratio": worst["ratio"],
+                "worst_case": f"{worst['dtype']} {worst['region']}",
+                "met_cases": sum(r["ratio"] <= limit for r in sel),
+                "cases": len(sel),
+                "verdict": ratio_verdict(worst["ratio"], limit, worst["other_load"], max_other_load),
+            }
+        )
+    return out
 
-    return plt
 
-
-def save_figure(fig, path: Path) -> None:
-    """Write ``fig`` as a PNG to ``path`` (creating its folder) and release it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    pyplot().close(fig)
+def target_lines(found: Sequence[dict]) -> list[str]:
+    return [
+        f"- {format_size(t['n'])} points: worst fwd+bwd / scipy fwd **{t['worst_ratio']:.2f}** ({t['worst_case']}), "
+        f"target <= {t['limit']:g}: {t['verdict']} ({t['met_cases']} of {t['cases']} cases within it)"
+        for t in found
+    ]
 
 
 def plot(rows: Sequence[dict], path: Path, title: str) -> None:
@@ -441,6 +287,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         attempts=args.attempts,
     )
 
+    found = targets(rows, args.max_other_load)
     report = [
         "### betainc: value + 3 gradients (ours) vs scipy value",
         "",
@@ -449,8 +296,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         + load_note(args.max_other_load, args.attempts),
         "",
         *markdown_table(rows),
+        "",
+        *(["Targets (CPU):", "", *target_lines(found)] if found else []),
     ]
-    result = publish(report, args, {"machine": info, "threads": threads, "repeats": repeats, "rows": rows})
+    result = publish(
+        report, args, {"machine": info, "threads": threads, "repeats": repeats, "rows": rows, "targets": found}
+    )
     if args.plot:
         plot(rows, args.plot, f"betainc on {where_measured(info, threads)}; scipy on the host CPU")
     return result

@@ -17,18 +17,18 @@ Usage: ``python benchmarks/betainc_accuracy.py [--markdown PATH] [--points N] [-
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
-import scipy
 import torch
 from scipy import special
 
-import gbs_loss
-from gbs_loss import betainc
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import machine_info, machine_markdown, median_time, write_output  # noqa: E402
+
+from gbs_loss import betainc  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ORACLE = ROOT / "tests" / "data" / "betainc_oracle.npz"
@@ -153,31 +153,11 @@ def timing(n: int, repeats: int) -> list[str]:
             def theirs(args=args):
                 special.betainc(*args)
 
-            t_ours, t_scipy = median_time(ours, repeats), median_time(theirs, repeats)
+            t_ours, t_scipy = median_time(ours, repeats), median_time(theirs, repeats)  # warm-up, then medians
             name = str(dtype).replace("torch.", "")
             lines.append(f"| {label} | {name} | {t_ours:.3f} s | {t_scipy:.3f} s | {t_ours / t_scipy:.0f}x |")
     lines.append("")
     return lines
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
-def machine() -> str:
-    return (
-        f"{platform.platform()}, {platform.machine()} {platform.processor() or ''}".strip()
-        + f", {os.cpu_count()} logical CPUs, torch {torch.__version__} "
-        f"with {torch.get_num_threads()} threads, "
-        f"scipy {scipy.__version__}, numpy {np.__version__}, Python {platform.python_version()}, "
-        f"gbs-loss {gbs_loss.__version__}"
-    )
 
 
 def main() -> None:
@@ -202,13 +182,11 @@ def main() -> None:
     else:
         lines += ["Every region is within the required accuracy.", ""]
     if not args.no_timing:
-        lines += ["## Speed", "", f"Machine: {machine()}.", ""]
+        lines += ["## Speed", "", *machine_markdown(machine_info()), ""]
         lines += timing(args.points, args.repeats)
     text = "\n".join(lines)
     print(text)
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(text + "\n")
+    write_output(args.markdown, text + "\n")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,9 @@ singularity when a < 1 (b < 1). The largest relative disagreement is printed and
 
 Usage: ``python scripts/make_betainc_oracle.py`` (a few minutes on one core with gmpy2 installed, which
 mpmath uses automatically; several times longer without it). ``--quick`` computes a handful of points per
-region and writes nothing.
+region and writes nothing; ``--regions NAME ...`` recomputes only those regions and merges them into the
+existing table (the other regions are kept; every region has its own seeded generator, so the table equals
+the one a full run would write).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ REGIONS = (
     "skewed",
     "integer",
     "deep_ends",
+    "complement_band",
 )
 
 # Points per region.
@@ -76,6 +79,7 @@ COUNTS = {
     "skewed": 300,
     "integer": 250,
     "deep_ends": 150,
+    "complement_band": 200,
 }
 
 F32_TINY = float(np.finfo(np.float32).tiny)
@@ -190,6 +194,22 @@ def draw_point(region: str, rng: np.random.Generator) -> tuple[float, float, flo
         else:
             # 1 - x from 2^-53 (the float64 spacing below 1) up to 1e-12; float64 only
             x = float(1.0 - math.ldexp(float(round(loguniform(rng, 1.0, 1e-12 * 2.0**53))), -53))
+    elif region == "complement_band":
+        # Issue 11, defect 1: after the swap to I_{1-x}(b, a) with b tiny, J = I_{1-x}(b, a) is close to 1 and
+        # 1 - J cancels unless the complement series is used; the band is x just above the switch point
+        # (a+1)/(a+b+2) with 1 - x > 0.3, i.e. a up to about 1.33.
+        b = f32(loguniform(rng, 1e-3, 0.2))
+        kind = rng.integers(4)
+        a = f32(rng.uniform(1.15, 1.4)) if kind == 0 else f32(loguniform(rng, 1e-3, 1.4))
+        s = (a + 1.0) / (a + b + 2.0)
+        if kind <= 1:
+            x = f32(s + loguniform(rng, 1e-7, 1.0) * 0.02)  # just above the switch point
+        elif kind == 2:
+            x = f32(rng.uniform(s, max(s, 0.7)))  # 1 - x > 0.3 where the band allows it
+        else:
+            x = f32(rng.uniform(s, 0.95))
+        if not x > s:
+            return None
     else:
         raise ValueError(region)
     if x is None or not (0.0 < x < 1.0):
@@ -423,6 +443,29 @@ def quad_point(a_f: float, b_f: float, x_f: float, dps: int) -> list[mpf]:
         return vals
 
 
+def _merge(path: Path, reg, abx, out, agreement, cross, elapsed):
+    """Merge freshly computed regions into the table at ``path``: rows in region order, the others kept."""
+    with np.load(path) as old:
+        old_names = [str(r) for r in old["region_names"]]
+        old_abx = np.stack([old["a"], old["b"], old["x"]], axis=1)
+        old_out = np.stack([old[q] for q in ("value", "d_a", "d_b", "d_x")], axis=1)
+        old_reg = np.array([REGIONS.index(old_names[i]) for i in old["region"]], dtype=np.int8)
+        old_agree = float(old["self_agreement"])
+        cross = max(cross, float(old["cross_check"]))
+        elapsed += float(old["generation_seconds"])
+    parts = []
+    for i in range(len(REGIONS)):
+        new_rows = reg == i
+        src = (reg, abx, out) if new_rows.any() else (old_reg, old_abx, old_out)
+        rows = src[0] == i
+        parts.append((src[0][rows], src[1][rows], src[2][rows]))
+    reg = np.concatenate([p[0] for p in parts])
+    abx = np.concatenate([p[1] for p in parts])
+    out = np.concatenate([p[2] for p in parts])
+    agreement = np.concatenate([agreement, [old_agree]])
+    return reg, abx, out, agreement, cross, elapsed
+
+
 # --------------------------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -432,9 +475,17 @@ def main() -> None:
     parser.add_argument("--dps", type=int, default=50, help="digits required of every quantity")
     parser.add_argument("--check-per-region", type=int, default=25, help="points per region cross-checked")
     parser.add_argument("--quick", action="store_true", help="a few points per region, no file written")
+    parser.add_argument(
+        "--regions",
+        nargs="+",
+        choices=REGIONS,
+        help="compute only these regions and merge them into the existing --out file, whose other regions are "
+        "kept (each region has its own seeded generator, so the result equals that of a full run)",
+    )
     args = parser.parse_args()
 
-    counts = {r: (6 if args.quick else c) for r, c in COUNTS.items()}
+    wanted = set(args.regions or REGIONS)
+    counts = {r: (0 if r not in wanted else 6 if args.quick else c) for r, c in COUNTS.items()}
     points = make_points(args.seed, counts)
     backend = mpmath.libmp.BACKEND
     print(f"mpmath {mpmath.__version__} (backend {backend}), {len(points)} points, dps {args.dps}")
@@ -491,6 +542,8 @@ def main() -> None:
     region_index = {r: i for i, r in enumerate(REGIONS)}
     reg = np.array([region_index[p[0]] for p in points], dtype=np.int8)
     abx = np.array([p[1:] for p in points])
+    if args.regions:
+        reg, abx, out, agreement, cross, elapsed = _merge(args.out, reg, abx, out, agreement, cross, elapsed)
     f32_exact = (abx.astype(np.float32).astype(np.float64) == abx).all(axis=1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(

@@ -18,6 +18,7 @@ pytest.importorskip("matplotlib")
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
+import _common  # noqa: E402
 import bench_betainc  # noqa: E402
 import bench_loss  # noqa: E402
 import published_baseline  # noqa: E402
@@ -43,23 +44,56 @@ def _table_rows(lines: list[str], header_start: str) -> list[list[str]]:
 def test_bench_betainc_main(tmp_path: Path) -> None:
     md, png, js = tmp_path / "b.md", tmp_path / "b.png", tmp_path / "b.json"
     out = bench_betainc.main(
-        ["--sizes", "64", "128", *FAST, "--markdown", str(md), "--plot", str(png), "--json", str(js)]
+        ["--sizes", "64", "196", *FAST, "--markdown", str(md), "--plot", str(png), "--json", str(js)]
     )
     rows = out["rows"]
     assert len(rows) == len(bench_betainc.DTYPES) * len(bench_betainc.REGIONS) * 2
     assert {(r["dtype"], r["region"], r["n"]) for r in rows} == {
-        (d, reg, n) for d in bench_betainc.DTYPES for reg in bench_betainc.REGIONS for n in (64, 128)
+        (d, reg, n) for d in bench_betainc.DTYPES for reg in bench_betainc.REGIONS for n in (64, 196)
     }
     for r in rows:
         assert r["scipy"] > 0 and r["ours_fwd"] > 0 and r["ours_fwd_bwd"] > 0
         assert r["ratio"] == pytest.approx(r["ours_fwd_bwd"] / r["scipy"])
     assert out["threads"] == 1
-    table = _table_rows(md.read_text().splitlines(), "| dtype | region |")
+    text = md.read_text()
+    table = _table_rows(text.splitlines(), "| dtype | region |")
     assert len(table) == len(rows)
-    assert all(float(cell) > 0 for row in table for cell in row[3:-1])
+    assert all(float(cell) > 0 for row in table for cell in row[3:-2])
+    assert {row[-2] for row in table} == {"-", "<= 3"}  # 196 points: the target of issue 11
     assert all(row[-1] == "-" or row[-1].endswith("%") for row in table)
+    # The target summary: one line for 196 points, with the worst ratio over the six cases.
+    (target,) = out["targets"]
+    assert target["n"] == 196 and target["cases"] == 6
+    assert target["worst_ratio"] == pytest.approx(max(r["ratio"] for r in rows if r["n"] == 196))
+    assert "196 points: worst fwd+bwd / scipy fwd" in text
     assert png.read_bytes()[:8] == PNG_SIGNATURE
     assert len(json.loads(js.read_text())["rows"]) == len(rows)
+
+
+def test_bench_betainc_target_verdicts() -> None:
+    rows = [
+        {"dtype": "float64", "region": "tiny", "n": 1000, "ratio": 1.2, "other_load": 0.0},
+        {"dtype": "float64", "region": "large", "n": 1000, "ratio": 1.7, "other_load": 0.0},
+        {"dtype": "float64", "region": "large", "n": 100000, "ratio": 0.9, "other_load": 0.5},
+    ]
+    found = {t["n"]: t for t in bench_betainc.targets(rows)}
+    assert set(found) == {1000, 100000}
+    assert found[1000]["worst_ratio"] == 1.7 and found[1000]["verdict"] == "NOT met" and found[1000]["met_cases"] == 1
+    assert found[100000]["verdict"].startswith("inconclusive")
+    lines = bench_betainc.target_lines(list(found.values()))
+    assert "**1.70** (float64 large)" in lines[0]
+
+
+def test_common_helpers() -> None:
+    assert _common.format_size(100_000) == "1e5" and _common.format_size(196) == "196"
+    assert _common.ratio_verdict(0.9, 1.0, None) == "met"
+    assert _common.ratio_verdict(1.1, 1.0, 0.0) == "NOT met"
+    assert _common.ratio_verdict(0.5, 1.0, 0.9).startswith("inconclusive")
+    calls = []
+    assert _common.median_time(lambda: calls.append(1), repeats=3) >= 0 and len(calls) == 4
+    info = _common.machine_info()
+    assert info["cores"] >= 1 and "backend" in info
+    assert "Machine:" in _common.machine_markdown(info)[0]
 
 
 @pytest.mark.parametrize("region", bench_betainc.REGIONS)
@@ -97,7 +131,7 @@ def test_bench_loss_main(tmp_path: Path) -> None:
 
 def test_bench_loss_targets_are_reported() -> None:
     rows = [
-        {"case": bench_loss.TARGET_CASE, "prior": "beta", "ours_fwd_bwd": 2.0, "scipy": 1.0, "sort_sigmoid": 0.1},
+        {"case": bench_loss.TARGET_CASE, "prior": "beta", "ours_fwd_bwd": 0.8, "scipy": 1.0, "sort_sigmoid": 0.1},
         {
             "case": bench_loss.TARGET_CASE,
             "prior": "relaxed_bernoulli",
@@ -107,7 +141,7 @@ def test_bench_loss_targets_are_reported() -> None:
         },
     ]
     found = {t["prior"]: t for t in bench_loss.targets(rows)}
-    assert found["beta"]["ratio"] == pytest.approx(2.0) and found["beta"]["met"]
+    assert found["beta"]["ratio"] == pytest.approx(0.8) and found["beta"]["met"]
     assert found["relaxed_bernoulli"]["ratio"] == pytest.approx(3.0) and not found["relaxed_bernoulli"]["met"]
     lines = bench_loss.target_lines(list(found.values()))
     assert len(lines) == 2 and "NOT met" in lines[1]
@@ -143,13 +177,13 @@ def test_published_baseline_matches_the_library_where_it_is_accurate() -> None:
 
 def test_measure_keeps_the_quietest_attempt(monkeypatch) -> None:
     loads = iter([0.5, 0.3, 0.4])
-    monkeypatch.setattr(bench_betainc, "interleaved_medians", lambda fns, r, m: ({"f": next(loads)}, None))
-    times, other = bench_betainc.measure({"f": lambda: None}, 1, 0.0, attempts=3)
+    monkeypatch.setattr(_common, "interleaved_medians", lambda fns, r, m: ({"f": next(loads)}, None))
+    times, other = _common.measure({"f": lambda: None}, 1, 0.0, attempts=3)
     assert other is None and times == {"f": 0.5}  # no load reading: the first attempt is kept
 
     loads = iter([0.5, 0.3, 0.4])
-    monkeypatch.setattr(bench_betainc, "interleaved_medians", lambda fns, r, m: ({"f": 1.0}, next(loads)))
-    _, other = bench_betainc.measure({"f": lambda: None}, 1, 0.0, max_other_load=0.1, attempts=3)
+    monkeypatch.setattr(_common, "interleaved_medians", lambda fns, r, m: ({"f": 1.0}, next(loads)))
+    _, other = _common.measure({"f": lambda: None}, 1, 0.0, max_other_load=0.1, attempts=3)
     assert other == 0.3
 
 
@@ -162,7 +196,7 @@ def test_interleaved_medians_times_every_function() -> None:
 
         return fn
 
-    times, other = bench_betainc.interleaved_medians({"a": make("a"), "b": make("b")}, repeats=3, min_time=0.0)
+    times, other = _common.interleaved_medians({"a": make("a"), "b": make("b")}, repeats=3, min_time=0.0)
     assert set(times) == {"a", "b"} and all(t > 0 for t in times.values())
     assert calls == {"a": 5, "b": 5}  # warm-up, calibration, three repeats
     assert other is None or 0 <= other <= 1

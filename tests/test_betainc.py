@@ -21,89 +21,38 @@ value 1e-5, gradients 1e-4; no NaN or inf anywhere in the domain.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import importlib.util
 import math
-from pathlib import Path
 
 import mpmath
 import numpy as np
 import pytest
 import torch
+from _support import (
+    F64,
+    QUANTITIES,
+    TOLERANCE,
+    backend_results,
+    check_backend_against_oracle,
+    log_uniform,
+    oracle,
+    oracle_module,
+    region_names,
+    rel_err,
+    report,
+    value_and_grads,
+    wide_grid,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import special, stats
 
 from gbs_loss import beta_log_prob, betainc, betaln
+from gbs_loss.special import _constants, _fraction, backends
+from gbs_loss.special.backends import torch_ops
 
-DATA = Path(__file__).parent / "data" / "betainc_oracle.npz"
-QUANTITIES = ("value", "d_a", "d_b", "d_x")
-TOLERANCE = {
-    torch.float64: {"value": 1e-12, "d_a": 1e-11, "d_b": 1e-11, "d_x": 1e-11},
-    torch.float32: {"value": 1e-5, "d_a": 1e-4, "d_b": 1e-4, "d_x": 1e-4},
-}
-F64 = torch.float64
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-# --------------------------------------------------------------------------------------------------------
-# Helpers.
-# --------------------------------------------------------------------------------------------------------
-def rel_err(got: np.ndarray, ref: np.ndarray, dtype: torch.dtype) -> np.ndarray:
-    """Relative error with the floor of the module docstring; NaN or inf results count as inf."""
-    floor = torch.finfo(dtype).tiny / TOLERANCE[dtype]["value"]
-    with np.errstate(invalid="ignore", over="ignore"):
-        err = np.abs(got - ref) / np.maximum(np.abs(ref), floor)
-    return np.where(np.isfinite(got) & np.isfinite(err), err, np.inf)
-
-
-def value_and_grads(a, b, x, dtype: torch.dtype = F64) -> dict[str, np.ndarray]:
-    """I_x(a, b) and its three partial derivatives (elementwise, as float64 numpy arrays)."""
-    ta, tb, tx = (torch.tensor(np.asarray(v, dtype=np.float64), dtype=dtype, requires_grad=True) for v in (a, b, x))
-    out = betainc(ta, tb, tx)
-    out.backward(torch.ones_like(out))
-    return {
-        "value": out.detach().double().numpy(),
-        "d_a": ta.grad.double().numpy(),
-        "d_b": tb.grad.double().numpy(),
-        "d_x": tx.grad.double().numpy(),
-    }
-
-
-def report(errors: dict[str, np.ndarray], tol: dict[str, float], points, got, ref, label: str) -> list[str]:
-    """Messages for the quantities whose largest error exceeds its tolerance, with the worst points."""
-    a, b, x = points
-    lines = []
-    for q, err in errors.items():
-        if not err.max() <= tol[q]:
-            lines.append(f"{label} {q}: max rel. error {err.max():.3e} > {tol[q]:.0e}")
-            for i in np.argsort(-err)[:5]:
-                if err[i] > tol[q]:
-                    lines.append(
-                        f"    a={a[i]!r} b={b[i]!r} x={x[i]!r}: got {got[q][i]!r}, ref {ref[q][i]!r}, "
-                        f"rel. error {err[i]:.3e}"
-                    )
-    return lines
-
-
-@functools.cache
-def oracle_module():
-    """scripts/make_betainc_oracle.py, whose ``oracle_point(a, b, x, digits)`` computes I and its gradients."""
-    path = Path(__file__).resolve().parents[1] / "scripts" / "make_betainc_oracle.py"
-    spec = importlib.util.spec_from_file_location("make_betainc_oracle", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@functools.cache
-def oracle() -> dict[str, np.ndarray]:
-    with np.load(DATA) as f:
-        return {k: f[k] for k in f.files}
-
-
-def region_names() -> list[str]:
-    return [str(r) for r in oracle()["region_names"]]
 
 
 @functools.cache
@@ -112,25 +61,6 @@ def oracle_results(dtype: torch.dtype) -> tuple[np.ndarray, dict[str, np.ndarray
     o = oracle()
     mask = o["f32"] if dtype == torch.float32 else np.ones(len(o["a"]), dtype=bool)
     return mask, value_and_grads(o["a"][mask], o["b"][mask], o["x"][mask], dtype)
-
-
-def log_uniform(rng: np.random.Generator, lo: float, hi: float, n: int) -> np.ndarray:
-    return np.exp(rng.uniform(math.log(lo), math.log(hi), n))
-
-
-def wide_grid(seed: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """a, b log-uniform in [1e-3, 1e5]; x uniform, at Beta quantiles, and log-uniform towards both ends."""
-    rng = np.random.default_rng(seed)
-    a, b = log_uniform(rng, 1e-3, 1e5, n), log_uniform(rng, 1e-3, 1e5, n)
-    kind = rng.integers(4, size=n)
-    q = special.betaincinv(a, b, rng.uniform(0.001, 0.999, n))
-    x = np.select(
-        [kind == 0, kind == 1, kind == 2],
-        [rng.uniform(0.0, 1.0, n), q, log_uniform(rng, 1e-12, 1e-3, n)],
-        1.0 - log_uniform(rng, 1e-12, 1e-3, n),
-    )
-    keep = (x > 0) & (x < 1)
-    return a[keep], b[keep], x[keep]
 
 
 # Hypothesis strategies over the whole required domain: a, b in [1e-3, 1e5], x in (0, 1) down to 1e-300
@@ -515,6 +445,28 @@ class TestExceptions:
         with pytest.raises(TypeError, match=["a", "b", "x"][position]):
             betainc(*args)
 
+    @pytest.mark.parametrize("position", [0, 1, 2])
+    def test_bool_tensor_is_rejected(self, position):
+        # issue 13: a boolean mask passed by mistake must not be read as 0/1 parameters
+        args = [torch.tensor([2.0]), torch.tensor([3.0]), torch.tensor([0.5])]
+        args[position] = torch.tensor([True])
+        name = ["a", "b", "x"][position]
+        with pytest.raises(TypeError, match=rf"^{name} must be .*got a tensor of dtype torch.bool"):
+            betainc(*args)
+        if position < 2:
+            with pytest.raises(TypeError, match=rf"^{name} must be .*torch.bool"):
+                betaln(*args[:2])
+
+    def test_python_bool_is_rejected(self):
+        with pytest.raises(TypeError, match=r"^b must be .*got bool"):
+            betainc(2.0, True, 0.5)
+        with pytest.raises(TypeError, match=r"^a must be .*got bool"):
+            betaln(False, 2.0)
+
+    def test_devices_must_agree(self):
+        with pytest.raises(ValueError, match=r"one device, got a: cpu, b: meta"):
+            betainc(torch.ones(2), torch.ones(2, device="meta"), 0.5)
+
     def test_double_backward_raises(self):
         a = torch.tensor([2.0, 0.5], dtype=F64, requires_grad=True)
         x = torch.tensor([0.3, 0.6], dtype=F64, requires_grad=True)
@@ -549,6 +501,184 @@ class TestCompile:
             grads.append((out.detach(), *(t.grad for t in leaves)))
         for eager, comp in zip(*grads, strict=True):
             torch.testing.assert_close(comp, eager, rtol=1e-14, atol=0)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The torch reference backend in both of its modes, the dispatch, and the two defects of issue 11.
+# --------------------------------------------------------------------------------------------------------
+TORCH_MODES = ["compact", "masked"]
+
+
+@pytest.fixture(params=TORCH_MODES)
+def torch_mode(request):
+    """The torch backend, forced, in its CPU (compact) mode or its accelerator (masked, chunked) mode."""
+    with backends.use("torch"), torch_ops._forced_mode(request.param):
+        yield request.param
+
+
+class TestTorchBackend:
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+    def test_meets_the_contract_on_the_oracle(self, torch_mode, dtype):
+        # the masked mode is what accelerators without Triton run: here it runs on CPU against the oracle
+        per_region = None if torch_mode == "compact" else 60
+        check_backend_against_oracle("torch", dtype, per_region=per_region, label=f"torch/{torch_mode}")
+
+    def test_gradcheck(self, torch_mode):
+        rng = np.random.default_rng(13)
+        a = torch.tensor(log_uniform(rng, 0.05, 30.0, 8), dtype=F64, requires_grad=True)
+        b = torch.tensor(log_uniform(rng, 0.05, 30.0, 8), dtype=F64, requires_grad=True)
+        x = torch.tensor(rng.uniform(0.05, 0.95, 8), dtype=F64, requires_grad=True)
+        assert torch.autograd.gradcheck(betainc, (a, b, x), eps=1e-6, atol=1e-8, rtol=1e-5)
+        # shared parameters (one per trailing position), the loss's pattern
+        x2 = torch.tensor(rng.uniform(0.05, 0.95, (4, 3)), dtype=F64, requires_grad=True)
+        assert torch.autograd.gradcheck(betainc, (a[:3], b[:3], x2), eps=1e-6, atol=1e-8, rtol=1e-5)
+
+    def test_modes_agree(self):
+        points = wide_grid(21, 1500)
+        with torch_ops._forced_mode("compact"):
+            compact = backend_results("torch", *points)
+        with torch_ops._forced_mode("masked"):
+            masked = backend_results("torch", *points)
+        for q in QUANTITIES:
+            np.testing.assert_array_equal(np.isnan(compact[q]), np.isnan(masked[q]))
+            assert rel_err(compact[q], masked[q], F64).max() <= 1e-13, q
+
+    def test_masked_mode_checks_convergence_per_chunk(self, monkeypatch):
+        # The masked loop stops at the first chunk boundary where every element has converged: count the checks.
+        calls = []
+        original = _fraction._converged
+
+        def counting(*args):
+            calls.append(1)
+            return original(*args)
+
+        monkeypatch.setattr(_fraction, "_converged", counting)
+        a, b, x = (torch.tensor(v, dtype=F64) for v in ([2.0, 40.0], [3.0, 60.0], [0.2, 0.4]))
+        with torch_ops._forced_mode("masked"):
+            torch_ops.betainc_with_grads(a, b, x)
+        assert len(calls) % _constants.CHUNK_STEPS == 0 and 0 < len(calls) < _constants.MAX_STEPS
+
+
+class TestDispatch:
+    def test_default_is_auto(self, monkeypatch):
+        monkeypatch.delenv("GBS_LOSS_BACKEND", raising=False)
+        monkeypatch.delenv("GBS_LOSS_NATIVE", raising=False)
+        assert backends.setting() == "auto"
+        cpu = backends.resolve(torch.device("cpu"))
+        assert cpu == ("native" if backends.available("native") else "torch")
+
+    @pytest.mark.parametrize("name", ["torch", "TORCH", " torch "])
+    def test_environment_variable(self, monkeypatch, name):
+        monkeypatch.setenv("GBS_LOSS_BACKEND", name)
+        assert backends.setting() == "torch" and backends.resolve(torch.device("cpu")) == "torch"
+        assert backends.get(torch.device("cpu")) is torch_ops.betainc_with_grads
+
+    def test_unknown_value_is_an_error(self, monkeypatch):
+        monkeypatch.setenv("GBS_LOSS_BACKEND", "cuda")
+        with pytest.raises(ValueError, match=r"GBS_LOSS_BACKEND must be one of auto, torch, native, triton, got"):
+            betainc(2.0, 3.0, 0.5)
+        with pytest.raises(ValueError, match="backend must be one of"):
+            with backends.use("fast"):
+                pass
+
+    def test_deprecated_native_switch(self, monkeypatch):
+        monkeypatch.delenv("GBS_LOSS_BACKEND", raising=False)
+        monkeypatch.setenv("GBS_LOSS_NATIVE", "0")
+        assert backends.resolve(torch.device("cpu")) == "torch"
+
+    def test_use_overrides_the_environment_and_nests(self, monkeypatch):
+        monkeypatch.setenv("GBS_LOSS_BACKEND", "torch")
+        with backends.use("auto"):
+            assert backends.setting() == "auto"
+            with backends.use("torch"):
+                assert backends.setting() == "torch"
+            assert backends.setting() == "auto"
+        assert backends.setting() == "torch"
+
+    def test_explicit_backend_on_the_wrong_device_is_a_clear_error(self, monkeypatch):
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+        with backends.use("native"), pytest.raises(backends.BackendUnavailable, match="CPU tensors only"):
+            backends.resolve(torch.device("meta"))
+        with backends.use("triton"), pytest.raises(backends.BackendUnavailable, match="TRITON_INTERPRET=1"):
+            betainc(torch.tensor([2.0]), 3.0, 0.5)
+
+    def test_missing_backend_module_is_unavailable(self, monkeypatch):
+        monkeypatch.setitem(backends._modules, "native", None)
+        monkeypatch.setitem(backends._import_errors, "native", "ModuleNotFoundError: no module named native")
+        assert not backends.available("native")
+        with backends.use("auto"):
+            assert backends.resolve(torch.device("cpu")) == "torch"  # auto falls back
+        with backends.use("native"), pytest.raises(backends.BackendUnavailable, match="ModuleNotFoundError"):
+            betainc(torch.tensor([2.0]), 3.0, 0.5)
+
+    def test_every_backend_reads_the_shared_constants(self):
+        assert _constants.MAX_STEPS == 4096
+        assert _constants.SERIES_P_MAX == 0.2 and _constants.SERIES_MAX_TERMS >= 128
+
+    def test_calls_the_chosen_backend_once(self, monkeypatch):
+        calls = []
+        original = torch_ops.betainc_with_grads
+
+        def spy(a, b, x):
+            calls.append((a.shape, x.shape))
+            return original(a, b, x)
+
+        monkeypatch.setattr(torch_ops, "betainc_with_grads", spy)
+        a = torch.tensor([2.0, 3.0, 4.0], dtype=F64, requires_grad=True)
+        x = torch.rand(5, 3, dtype=F64)
+        with backends.use("torch"):
+            betainc(a, 2.0, x).sum().backward()  # per-position parameters: passed once each, m = 3
+            betainc(a[:, None], 2.0, x.T).sum().backward()  # another broadcast: expanded, m = n
+        assert calls == [(torch.Size([3]), torch.Size([15])), (torch.Size([15]), torch.Size([15]))]
+
+
+def available_backends() -> list[str]:
+    return [name for name in ("torch", "native") if backends.available(name)]
+
+
+class TestDefects:
+    # Issue 11, defect 1: a in about [1.2, 1.33], b about 1e-3, x just above the switch point (a+1)/(a+b+2),
+    # 1 - x > 0.3: 1 - J cancelled because the complement series was only used for 1 - x <= 0.3.
+    BAND = [
+        (1.2980329015260543, 0.0010084948096717229, 0.6979084172856816),
+        (1.25, 0.001, 0.69235),
+        (1.32, 0.0015, 0.6993),
+        (1.2, 0.002, 0.6880),
+        (0.6, 0.004, 0.6160),
+        (1.0, 0.19, 0.6452),
+    ]
+
+    @pytest.mark.parametrize("name", ["torch", "torch/masked", "native"])
+    def test_band_against_mpmath(self, name):
+        if name == "native" and not backends.available("native"):
+            pytest.skip("native backend unavailable")
+        a, b, x = (np.array(v) for v in zip(*self.BAND, strict=True))
+        ref = np.array([[float(v) for v in oracle_module().oracle_point(*p, 30)[0]] for p in self.BAND])
+        context = torch_ops._forced_mode("masked") if name.endswith("masked") else contextlib.nullcontext()
+        with context:
+            got = backend_results(name.split("/")[0], a, b, x)
+        for i, q in enumerate(QUANTITIES):
+            err = rel_err(got[q], ref[:, i], F64)
+            assert err.max() <= TOLERANCE[F64][q] / 10, f"{q}: {err.max():.2e} at {self.BAND[int(np.argmax(err))]}"
+
+    def test_defect_2_same_finiteness_everywhere(self):
+        # Issue 11, defect 2: the old fixed-step loop (512 steps) gave NaN from a = b = 6.5e5 at x = 0.5 where the
+        # CPU path was finite. One step cap for every backend: all finite, and equal finiteness beyond.
+        a = np.concatenate([np.geomspace(1e5, 1e6, 40), [4e6, 1e9]])
+        x = np.full_like(a, 0.5)
+        results = {}
+        for name in available_backends():
+            results[name] = backend_results(name, a, a, x)
+        with torch_ops._forced_mode("masked"):
+            results["torch/masked"] = backend_results("torch", a, a, x)
+        for name, res in results.items():
+            assert np.isfinite(res["value"][:-1]).all(), name
+            np.testing.assert_allclose(res["value"][:-1], 0.5, rtol=1e-13, err_msg=name)
+            assert np.isnan(res["value"][-1]) and np.isnan(res["d_a"][-1]), name  # 1e9: beyond the cap, NaN
+        first = results["torch/masked"]
+        for name, res in results.items():
+            for q in QUANTITIES:
+                np.testing.assert_array_equal(np.isfinite(res[q]), np.isfinite(first[q]), err_msg=f"{name} {q}")
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -1,51 +1,30 @@
-"""Tests of the speed paths: the native ``betainc`` kernel and its fallback, the integer-key sort, the fused
-loss node, and the cheap shape and range checks.
+"""Tests of the speed paths: the choice of ``betainc`` backend on CPU and its fallback, the integer-key sort, the
+fused loss node, and the cheap shape and range checks.
 
 Every fast path is checked against the path it replaces (same results, to the last few units in the last
-place), and the native kernel and the PyTorch fallback are each checked against the mpmath oracle of
-``test_betainc.py``, so that neither can drift while the other hides it.
+place). The backends of ``betainc`` are each checked against the mpmath oracle in their own files
+(``tests/test_betainc.py`` for the torch reference in both of its modes, ``tests/test_backend_native.py``,
+``tests/test_backend_triton.py``); here they are checked against each other and through the dispatch.
 """
 
 from __future__ import annotations
 
-import ctypes
-import shutil
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from _support import F64, TOLERANCE, backend_results, check_backend_against_oracle, check_backends_agree, wide_grid
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy import special
-from test_betainc import TOLERANCE, oracle, rel_err, value_and_grads, wide_grid
 
-from gbs_loss import _native, _sorting, batch_shaping_loss, betainc, hyperprior_loss
+from gbs_loss import _sorting, batch_shaping_loss, betainc, hyperprior_loss
 from gbs_loss import functional as F
-from gbs_loss.special import _legacy as S
 from gbs_loss._shapes import broadcast_shapes
 from gbs_loss.priors import Beta, Normal, RelaxedBernoulli, _within
+from gbs_loss.special import backends
+from gbs_loss.special.backends import torch_ops
 
-F64 = torch.float64
 Tensor = torch.Tensor
-HAS_COMPILER = any(shutil.which(name) for name in ("cc", "gcc", "clang"))
-
-
-@pytest.fixture
-def eager(monkeypatch):
-    """Run ``betainc`` through the PyTorch operations instead of the native kernel."""
-    monkeypatch.setenv("GBS_LOSS_NATIVE", "0")
-    assert not _native.enabled()
-
-
-@pytest.fixture
-def fresh_native(monkeypatch, tmp_path):
-    """An empty cache folder and a cleared load cache, restored (cleared again) afterwards."""
-    monkeypatch.setenv("GBS_LOSS_CACHE_DIR", str(tmp_path))
-    monkeypatch.delenv("GBS_LOSS_NATIVE", raising=False)
-    _native._load_cached.cache_clear()
-    yield tmp_path
-    _native._load_cached.cache_clear()
+HAS_NATIVE = backends.available("native")
 
 
 def count_calls(monkeypatch, module, name: str) -> list[int]:
@@ -61,103 +40,40 @@ def count_calls(monkeypatch, module, name: str) -> list[int]:
     return calls
 
 
-def oracle_errors(dtype: torch.dtype) -> dict[str, float]:
-    """Largest relative error of each quantity over the oracle table (the float32 subset for float32)."""
-    o = oracle()
-    mask = o["f32"] if dtype == torch.float32 else np.ones(len(o["a"]), dtype=bool)
-    got = value_and_grads(o["a"][mask], o["b"][mask], o["x"][mask], dtype)
-    return {q: float(rel_err(got[q], o[q][mask], dtype).max()) for q in got}
-
-
-# Points in the two regions that the native kernel serves: the continued fraction (moderate a, b, x near
-# the mean) and the complement series (small b, x close to 1).
-CF_POINTS = ([2.5, 40.0, 300.0], [3.5, 60.0, 250.0], [0.4, 0.41, 0.55])
-SERIES_POINTS = ([2.0, 5.0, 2.0], [0.01, 0.05, 0.1], [0.75, 0.9, 0.95])
-
-
 # --------------------------------------------------------------------------------------------------------
-# The native kernel: availability, dispatch, fallback.
+# betainc on CPU: the dispatch, the fallback, and the backends against each other.
 # --------------------------------------------------------------------------------------------------------
-class TestNative:
-    def test_builds_where_a_compiler_is(self):
-        # CI images and development machines have a C compiler: the kernel must build there. Without one,
-        # the reason is stated.
-        if HAS_COMPILER:
-            path = _native.library_path()
-            assert path is not None and Path(path).is_file()
-            assert isinstance(_native.load(), ctypes.CDLL)
-            assert _native.enabled()
-        else:
-            with pytest.raises(_native.NativeUnavailable, match="no C compiler"):
-                _native.load()
-            assert not _native.enabled()
+class TestBetaincBackends:
+    def test_auto_uses_the_native_kernel_when_it_builds(self, monkeypatch):
+        monkeypatch.delenv("GBS_LOSS_BACKEND", raising=False)
+        monkeypatch.delenv("GBS_LOSS_NATIVE", raising=False)
+        reference = count_calls(monkeypatch, torch_ops, "betainc_with_grads")
+        betainc(torch.tensor([2.5, 40.0], dtype=F64), 3.5, torch.tensor([0.4, 0.99], dtype=F64))
+        assert reference[0] == (0 if HAS_NATIVE else 1)
 
-    def test_builds_in_a_fresh_cache_folder(self, fresh_native):
-        if not HAS_COMPILER:
-            with pytest.raises(_native.NativeUnavailable):
-                _native.load()
-            return
-        path = Path(_native.library_path())
-        assert path.parent == fresh_native and path.suffix == ".so"
-        assert [p.name for p in fresh_native.iterdir()] == [path.name]  # no temporary file left behind
-        a, b, x = (torch.tensor(v, dtype=F64) for v in CF_POINTS)
-        np.testing.assert_allclose(betainc(a, b, x).numpy(), special.betainc(*CF_POINTS), rtol=1e-12)
-
-    @pytest.mark.parametrize("points", [CF_POINTS, SERIES_POINTS], ids=["fraction", "series"])
-    def test_cpu_uses_the_kernel_when_enabled(self, monkeypatch, points):
-        cfrac = count_calls(monkeypatch, _native, "cfrac")
-        sums = count_calls(monkeypatch, _native, "complement_sums")
-        betainc(*(torch.tensor(v, dtype=F64) for v in points))
-        used = cfrac[0] if points is CF_POINTS else sums[0]
-        assert used == (1 if _native.enabled() else 0)
-
-    def test_environment_variable_disables_it(self, monkeypatch, eager):
-        cfrac = count_calls(monkeypatch, _native, "cfrac")
-        sums = count_calls(monkeypatch, _native, "complement_sums")
-        for points in (CF_POINTS, SERIES_POINTS):
-            got = betainc(*(torch.tensor(v, dtype=F64) for v in points))
-            np.testing.assert_allclose(got.numpy(), special.betainc(*points), rtol=1e-12)
-        assert cfrac == [0] and sums == [0]
-
-    def test_failed_build_falls_back(self, monkeypatch, fresh_native):
-        monkeypatch.setattr(_native, "_compiler", lambda: "false")  # a "compiler" that always fails
-        with pytest.raises(_native.NativeUnavailable, match="could not compile"):
-            _native.load()
-        assert not _native.enabled() and _native.library_path() is None
+    def test_falls_back_to_torch_without_the_native_kernel(self, monkeypatch):
+        monkeypatch.delenv("GBS_LOSS_BACKEND", raising=False)
+        monkeypatch.setitem(backends._modules, "native", None)
+        reference = count_calls(monkeypatch, torch_ops, "betainc_with_grads")
         points = wide_grid(7, 300)
         got = betainc(*(torch.tensor(v) for v in points)).numpy()
-        assert np.all(rel_err(got, special.betainc(*points), F64) <= 1e-11)
+        assert reference[0] == 1
+        with backends.use("torch"):
+            ref = betainc(*(torch.tensor(v) for v in points)).numpy()
+        np.testing.assert_array_equal(got, ref)
 
-    def test_missing_compiler_falls_back(self, monkeypatch, fresh_native):
-        monkeypatch.setattr(_native, "_compiler", lambda: None)
-        with pytest.raises(_native.NativeUnavailable, match="no C compiler"):
-            _native.load()
-        got = betainc(*(torch.tensor(v, dtype=F64) for v in CF_POINTS))
-        np.testing.assert_allclose(got.numpy(), special.betainc(*CF_POINTS), rtol=1e-12)
+    @pytest.mark.skipif(not HAS_NATIVE, reason="native backend unavailable")
+    def test_native_and_torch_agree(self):
+        check_backends_agree("native", "torch", wide_grid(11, 3000))
 
-
-# --------------------------------------------------------------------------------------------------------
-# Both implementations of the continued fraction and the series against the oracle and each other.
-# --------------------------------------------------------------------------------------------------------
-class TestBothPaths:
-    @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-    def test_native_meets_the_contract(self, dtype):
-        errors = oracle_errors(dtype)
-        assert all(errors[q] <= TOLERANCE[dtype][q] for q in errors), errors
+    @pytest.mark.skipif(not HAS_NATIVE, reason="native backend unavailable")
+    def test_native_and_masked_torch_agree(self):
+        with torch_ops._forced_mode("masked"):
+            check_backends_agree("native", "torch", wide_grid(12, 800))
 
     @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-    def test_fallback_meets_the_contract(self, dtype, eager):
-        errors = oracle_errors(dtype)
-        assert all(errors[q] <= TOLERANCE[dtype][q] for q in errors), errors
-
-    def test_paths_agree(self, monkeypatch):
-        points = wide_grid(11, 5000)
-        native = value_and_grads(*points)
-        monkeypatch.setenv("GBS_LOSS_NATIVE", "0")
-        fallback = value_and_grads(*points)
-        for q in native:
-            err = rel_err(native[q], fallback[q], F64)
-            assert err.max() <= TOLERANCE[F64][q], f"{q}: {err.max():.2e}"
+    def test_default_backend_meets_the_contract(self, dtype):
+        check_backend_against_oracle("auto", dtype)
 
     def test_thread_count_does_not_change_results(self):
         points = [torch.tensor(v) for v in wide_grid(12, 4000)]
@@ -171,24 +87,23 @@ class TestBothPaths:
             torch.set_num_threads(threads)
         assert torch.equal(one, many)  # elements are independent: bit-identical
 
-    def test_unconverged_elements_are_flagged_alike(self, monkeypatch):
-        # Cut the fraction short: both implementations must flag the same elements and agree on the rest.
-        monkeypatch.setattr(S, "_MAX_STEPS_CPU", 3)
-        rng = np.random.default_rng(4)
-        p = torch.tensor(np.exp(rng.uniform(0, 6, 500)))
-        q = torch.tensor(np.exp(rng.uniform(0, 6, 500)))
-        x = torch.tensor(rng.uniform(0.05, 0.95, 500))
-        y = 1.0 - x
-        lam = (p + q) * y - q
-        native = S._continued_fraction(p, q, x, y, lam, compact=True) if _native.enabled() else None
-        monkeypatch.setenv("GBS_LOSS_NATIVE", "0")
-        fallback = S._continued_fraction(p, q, x, y, lam, compact=True)
-        assert 0 < int(fallback[3].sum()) < 500  # some converged in 3 steps, most did not
-        assert (native is not None) == HAS_COMPILER  # with a compiler the kernel loads and is compared
-        if native is not None:
-            assert torch.equal(native[3], fallback[3])
-            for got, ref in zip(native[:3], fallback[:3], strict=True):
-                torch.testing.assert_close(got, ref, rtol=1e-13, atol=1e-14, equal_nan=True)  # NaN: G_3 < 0
+    @pytest.mark.parametrize("name", ["auto", "torch"])
+    def test_shared_parameters_equal_expanded_ones(self, name):
+        # per-position priors pass (a, b) once per position (m < n); the same values expanded (m = n) must give
+        # bit-identical results and gradients
+        rng = np.random.default_rng(5)
+        a = torch.tensor(np.exp(rng.uniform(-3, 5, 7)), requires_grad=True)
+        b = torch.tensor(np.exp(rng.uniform(-3, 5, 7)), requires_grad=True)
+        x = torch.tensor(rng.uniform(0, 1, (50, 7)))
+        ea, eb = (t.detach().expand(50, 7).clone().requires_grad_() for t in (a, b))
+        with backends.use(name):
+            shared, expanded = betainc(a, b, x), betainc(ea, eb, x)
+            w = torch.randn(50, 7, dtype=F64)
+            (shared * w).sum().backward()
+            (expanded * w).sum().backward()
+        assert torch.equal(shared, expanded)
+        torch.testing.assert_close(a.grad, ea.grad.sum(0), rtol=1e-14, atol=0)
+        torch.testing.assert_close(b.grad, eb.grad.sum(0), rtol=1e-14, atol=0)
 
     @pytest.mark.parametrize("shape", [(0,), (3, 0)])
     def test_empty(self, shape):
@@ -197,6 +112,15 @@ class TestBothPaths:
         assert out.shape == shape
         out.sum().backward()
         assert a.grad.shape == shape
+
+    def test_gradients_keep_their_tolerance_through_the_dispatch(self):
+        # the backward multiplies by the saved partials: compare with the partials returned by the backend
+        points = wide_grid(3, 200)
+        via_api = backend_results("auto", *points)
+        direct = backend_results(backends.get(torch.device("cpu")), *points)
+        for q in via_api:
+            np.testing.assert_array_equal(via_api[q], direct[q])
+        assert TOLERANCE[F64]["value"] == 1e-12
 
 
 # --------------------------------------------------------------------------------------------------------

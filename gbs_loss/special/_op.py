@@ -1,0 +1,167 @@
+r"""The operator layer of :func:`gbs_loss.betainc`: the custom op, the autograd function and its backward.
+
+* ``gbs_loss::betainc_with_grads`` is a :mod:`torch.library` custom operator (returning the four results as one
+  ``(4, n)`` tensor) with a fake-tensor implementation:
+  under :func:`torch.compile` the torch and native backends are one opaque node (no graph break). Its body asks
+  :mod:`gbs_loss.special.backends` for the strategy.
+* The Triton backend is called above the opaque operator, directly from the autograd function, so that
+  :func:`torch.compile` sees its ``torch.library.triton_op`` and the kernel inside it. In eager mode every
+  backend is called directly (the dispatcher of a custom op costs more than the whole computation at small
+  sizes).
+* :class:`BetaincFunction` saves the three partial derivatives that the forward computes anyway; its backward is
+  one multiplication per input that needs a gradient, then a sum to the input's shape where the input was
+  broadcast. Second derivatives are not implemented: the first derivatives are marked so that differentiating
+  them raises a clear ``RuntimeError`` instead of silently returning zeros.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from gbs_loss.special import backends
+
+__all__ = ["BetaincFunction", "betainc_with_grads_op", "evaluate"]
+
+F64 = torch.float64
+
+
+def _as_block(outs: tuple[Tensor, ...], n: int) -> Tensor:
+    """The four outputs as one ``(4, n)`` tensor: their common base when they are its rows (native and Triton
+    backends allocate them so), else a stacked copy. A custom operator may not return aliasing outputs."""
+    base = outs[0]._base
+    if (
+        base is not None
+        and base.shape == (4, n)
+        and base.is_contiguous()
+        and all(o._base is base and o.data_ptr() == base[i].data_ptr() for i, o in enumerate(outs))
+    ):
+        return base
+    return torch.stack(outs)
+
+
+@torch.library.custom_op("gbs_loss::betainc_with_grads", mutates_args=())
+def betainc_with_grads_op(a: Tensor, b: Tensor, x: Tensor) -> Tensor:
+    """Opaque operator: ``(I, dI/da, dI/db, dI/dx)`` stacked into one ``(4, n)`` float64 tensor.
+
+    Arguments as in the backend contract (:mod:`.backends`); the torch or native backend is chosen by
+    :func:`.backends.get`.
+    """
+    return _as_block(tuple(backends.get(x.device)(a, b, x)), x.numel())
+
+
+@betainc_with_grads_op.register_fake
+def _(a: Tensor, b: Tensor, x: Tensor) -> Tensor:
+    return torch.empty((4, x.numel()), dtype=F64, device=x.device)
+
+
+@torch.compiler.assume_constant_result
+def _triton_selected(device_type: str) -> bool:
+    """Whether the Triton backend runs for this device type; evaluated once when :func:`torch.compile` traces."""
+    return backends.resolve(torch.device(device_type)) == "triton"
+
+
+def _compute(a: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The four outputs through the chosen backend; under tracing, through an operator the compiler can see."""
+    if torch.compiler.is_compiling():
+        if _triton_selected(x.device.type):
+            return backends._modules["triton"].betainc_with_grads(a, b, x)
+        return torch.ops.gbs_loss.betainc_with_grads(a, b, x).unbind(0)
+    return backends.get(x.device)(a, b, x)
+
+
+def _flat64(t: Tensor, shape: torch.Size, n: int) -> Tensor:
+    """``t`` expanded to ``shape`` and flattened, as a contiguous float64 tensor (one copy at most)."""
+    if t.dtype == F64 and t.shape == shape and t.is_contiguous():
+        return t if t.dim() == 1 else t.view(n)
+    out = torch.empty(shape, dtype=F64, device=t.device)
+    out.copy_(t.expand(shape))
+    return out.view(n)
+
+
+def _finite_cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """Cast a float64 tensor to ``dtype``, saturating (not overflowing) at the dtype's largest value."""
+    if dtype == F64:
+        return t
+    big = torch.finfo(dtype).max
+    return t.clamp(-big, big).to(dtype)
+
+
+class _NoDoubleBackward(torch.autograd.Function):
+    """Identity whose backward raises: marks first derivatives of :func:`betainc` as not differentiable."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, *inputs: Tensor) -> Tensor:
+        # ``inputs`` (the arguments of betainc) only link the result to the graph of the first derivative.
+        return t.clone()
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):
+        raise RuntimeError(
+            "betainc supports first derivatives only: second derivatives (double backward, e.g. "
+            "torch.autograd.grad(..., create_graph=True) followed by another backward) are not implemented"
+        )
+
+
+def evaluate(a: Tensor, b: Tensor, x: Tensor, plan: tuple) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The value (in the output dtype, of the output shape) and the three flat float64 partial derivatives.
+
+    ``plan`` as in :class:`BetaincFunction`. Called directly when no gradient is needed.
+    """
+    out_shape, ab_shape, shared, dtype = plan
+    n = math.prod(out_shape)
+    par_shape = ab_shape if shared else out_shape
+    m = math.prod(par_shape)
+    if n == 0:
+        value = torch.empty(out_shape, dtype=F64, device=x.device)
+        derivs = (torch.zeros(n, dtype=F64, device=x.device),) * 3
+    else:
+        outs = _compute(_flat64(a, par_shape, m), _flat64(b, par_shape, m), _flat64(x, out_shape, n))
+        value, derivs = (outs[0] if len(out_shape) == 1 else outs[0].view(out_shape)), outs[1:]
+    return (value if dtype == F64 else value.to(dtype)), derivs
+
+
+class BetaincFunction(torch.autograd.Function):
+    r""":math:`I_x(a, b)` with its three partial derivatives saved for the backward.
+
+    ``plan = (out_shape, ab_shape, shared, dtype)``: the broadcast shape of all three arguments, that of ``a`` and
+    ``b``, whether ``(a, b)`` broadcast along leading dimensions only (then they are passed as ``m`` parameters,
+    one per trailing position, and the parameter terms are computed once each), and the output dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, x: Tensor, plan: tuple) -> Tensor:
+        value, derivs = evaluate(a, b, x, plan)
+        ctx.save_for_backward(*derivs, a, b, x)  # a, b, x: to link the first derivatives under create_graph
+        ctx.plan = plan
+        ctx.shapes = (a.shape, b.shape, x.shape)
+        ctx.dtypes = (a.dtype, b.dtype, x.dtype)
+        return value
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        out_shape, ab_shape, shared, _ = ctx.plan
+        n = math.prod(out_shape)
+        g = grad if grad.dim() == 1 else grad.reshape(n)
+        if g.dtype != F64:
+            g = g.to(F64)
+        *derivs, a, b, x = ctx.saved_tensors
+        grads = []
+        for i, deriv in enumerate(derivs):
+            if not ctx.needs_input_grad[i]:
+                grads.append(None)
+                continue
+            out = g * deriv
+            if i < 2 and shared:
+                m = math.prod(ab_shape)
+                out = out.view(n // m, m).sum(0).view(ab_shape) if m else out.view(ab_shape)
+            elif len(out_shape) != 1:
+                out = out.view(out_shape)
+            if out.shape != ctx.shapes[i]:
+                out = out.sum_to_size(ctx.shapes[i])
+            out = _finite_cast(out, ctx.dtypes[i])
+            # Under create_graph the result would silently miss the second-order terms: make that an error.
+            grads.append(_NoDoubleBackward.apply(out, a, b, x) if torch.is_grad_enabled() else out)
+        return (*grads, None)

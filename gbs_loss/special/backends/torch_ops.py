@@ -1,0 +1,57 @@
+"""The "torch" backend: the reference computation in torch operations, on any device that supports float64.
+
+It is the readable implementation, the fallback where neither the native kernel nor Triton is available, and the
+backend for devices that have neither (MPS is excluded by its lack of float64; XPU without Triton, ...). On CPU
+converged elements leave the working set early (compact mode); on other devices the continued fraction runs in
+masked chunks with one host synchronisation per chunk (the Triton backend never synchronises).
+
+The private switch :data:`_MODE` (``"auto"``, ``"compact"`` or ``"masked"``; see :func:`_forced_mode`) lets the
+tests run the masked mode on CPU, so that the accelerator path is executed and checked against the oracle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from torch import Tensor
+
+from gbs_loss.special._kernel import betainc_kernel
+
+__all__ = ["available", "betainc_with_grads"]
+
+_MODE = "auto"
+_MODES = ("auto", "compact", "masked")
+
+
+def available() -> bool:
+    """Always true: the reference needs nothing beyond PyTorch."""
+    return True
+
+
+def betainc_with_grads(a: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(I, dI/da, dI/db, dI/dx)`` under the backend contract (see :mod:`gbs_loss.special.backends`).
+
+    Args:
+        a, b: Contiguous float64 tensors of shape ``(m,)``.
+        x: Contiguous float64 tensor of shape ``(n,)`` with ``n % m == 0`` on the same device; element ``i``
+            uses ``a[i % m]`` and ``b[i % m]``.
+
+    Returns:
+        Four contiguous float64 tensors of shape ``(n,)``.
+    """
+    compact = x.device.type == "cpu" if _MODE == "auto" else _MODE == "compact"
+    return betainc_kernel(a, b, x, compact)
+
+
+@contextmanager
+def _forced_mode(mode: str) -> Iterator[None]:
+    """Run the torch backend in ``mode`` (``"compact"`` or ``"masked"``) on every device, within the block."""
+    global _MODE
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    previous, _MODE = _MODE, mode
+    try:
+        yield
+    finally:
+        _MODE = previous

@@ -1,0 +1,139 @@
+r"""The "triton" backend of :func:`gbs_loss.betainc`: one fused Triton kernel per forward, on GPUs.
+
+The whole per-element computation (parameter terms, prefactor, continued fraction with its forward-mode
+derivatives, complement series, ends and invalid inputs) runs in one kernel,
+:func:`gbs_loss.special.backends._triton_math.betainc_kernel`, in float64: one launch per forward, no host
+synchronisation, no intermediate tensors beyond the ``(4, n)`` output. Each program handles
+:data:`~gbs_loss.special.backends._triton_math.BLOCK` elements and runs the fraction in a ``while`` loop until
+all of them have converged (or the shared step cap, :data:`~gbs_loss.special._constants.MAX_STEPS`).
+
+The kernel is launched from a :func:`torch.library.triton_op` (``gbs_loss::betainc_triton``) through
+:func:`torch.library.wrap_triton`, so that ``torch.compile(fullgraph=True)`` sees the kernel itself.
+
+Under Triton's interpreter (``TRITON_INTERPRET=1``) the same kernel runs on CPU tensors, which is how CI tests it.
+``wrap_triton`` cannot trace an interpreted kernel, so there the launch goes through a second, opaque custom
+operator (``gbs_loss::betainc_triton_interpreted``), which ``torch.compile`` treats as a black box.
+
+Triton is optional: without it this module still imports, :func:`available` is false and
+:func:`betainc_with_grads` raises.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import os
+import sys
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+from gbs_loss.special import _constants
+
+try:
+    import triton as _triton
+except ImportError:  # Triton is an optional dependency
+    _triton = None
+
+__all__ = ["available", "betainc_with_grads", "interpreted", "launches"]
+
+_MATH_MODULE = "gbs_loss.special.backends._triton_math"
+# Number of kernel launches so far (eager calls only; for the launch-count tests).
+_LAUNCHES = [0]
+
+
+def interpreted() -> bool:
+    """Whether Triton's interpreter is on (``TRITON_INTERPRET`` set to anything but ``0``), read at each call."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
+
+
+def available() -> bool:
+    """Whether this backend can run: Triton imports, and a CUDA device is present or the interpreter is on."""
+    return _triton is not None and (interpreted() or torch.cuda.is_available())
+
+
+def launches() -> int:
+    """How many times the kernel has been launched in this process (eager launches; a test aid)."""
+    return _LAUNCHES[0]
+
+
+@functools.cache
+def _kernels(interpret: bool) -> ModuleType:
+    """The kernel module, its functions decorated for ``interpret`` mode (decided by ``triton.jit`` at import).
+
+    The compiled flavour is the ordinary module; the interpreted one is a second copy of the same source loaded
+    under another name while the interpreter is on, so that both can live in one process.
+    """
+    if not interpret:
+        if interpreted():
+            raise RuntimeError("the compiled Triton kernel cannot be loaded while TRITON_INTERPRET is on")
+        return importlib.import_module(_MATH_MODULE)
+    name = _MATH_MODULE + "_interpreted"
+    spec = importlib.util.spec_from_file_location(name, importlib.util.find_spec(_MATH_MODULE).origin)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _grid(n: int, block: int) -> tuple[int]:
+    return ((n + block - 1) // block,)
+
+
+def _launch(kernel, a: Tensor, b: Tensor, x: Tensor, out: Tensor, block: int, num_warps: int) -> None:
+    """One launch over all ``n`` elements; the caps are read from :mod:`gbs_loss.special._constants` now."""
+    n, m = x.numel(), a.numel()
+    caps = (_constants.MAX_STEPS, _constants.SERIES_MAX_TERMS)
+    kernel[_grid(n, block)](a, b, x, out, n, m, *caps, BLOCK_SIZE=block, num_warps=num_warps)
+
+
+if _triton is not None:
+
+    @torch.library.custom_op("gbs_loss::betainc_triton_interpreted", mutates_args=())
+    def _betainc_interpreted(a: Tensor, b: Tensor, x: Tensor) -> Tensor:
+        """The kernel under Triton's interpreter, as an opaque operator (``wrap_triton`` cannot trace it)."""
+        out = torch.empty((4, x.numel()), dtype=torch.float64, device=x.device)
+        if x.numel():
+            math = _kernels(True)
+            _launch(math.betainc_kernel, a, b, x, out, math.BLOCK_INTERPRETED, math.NUM_WARPS)
+            _LAUNCHES[0] += 1
+        return out
+
+    @_betainc_interpreted.register_fake
+    def _(a: Tensor, b: Tensor, x: Tensor) -> Tensor:
+        return x.new_empty((4, x.numel()))
+
+    @torch.library.triton_op("gbs_loss::betainc_triton", mutates_args=())
+    def _betainc_triton(a: Tensor, b: Tensor, x: Tensor) -> Tensor:
+        """``(4, n)`` float64: rows ``I, dI/da, dI/db, dI/dx`` under the backend contract (one kernel launch)."""
+        if interpreted():
+            return _betainc_interpreted(a, b, x)
+        out = torch.empty((4, x.numel()), dtype=torch.float64, device=x.device)
+        if x.numel():
+            math = _kernels(False)
+            _launch(torch.library.wrap_triton(math.betainc_kernel), a, b, x, out, math.BLOCK, math.NUM_WARPS)
+            if not torch.compiler.is_compiling():
+                _LAUNCHES[0] += 1
+        return out
+
+
+def betainc_with_grads(a: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(I, dI/da, dI/db, dI/dx)`` under the backend contract (see :mod:`gbs_loss.special.backends`).
+
+    Args:
+        a, b: Contiguous float64 tensors of shape ``(m,)``.
+        x: Contiguous float64 tensor of shape ``(n,)`` with ``n % m == 0`` on the same device; element ``i``
+            uses ``a[i % m]`` and ``b[i % m]``.
+
+    Returns:
+        Four contiguous float64 tensors of shape ``(n,)`` (rows of one ``(4, n)`` buffer).
+
+    Raises:
+        RuntimeError: Triton is not installed.
+    """
+    if _triton is None:
+        raise RuntimeError("the triton backend needs the triton package, which is not installed")
+    out = torch.ops.gbs_loss.betainc_triton(a, b, x)
+    return out[0], out[1], out[2], out[3]
