@@ -4,6 +4,7 @@ Commands:
 
 * ``demo``: the Generalized Batch-Shaping demonstration (learned priors under a hyperprior).
 * ``msvit-demo``: the MSViT gate trained on scikit-image photographs.
+* ``msvit-tradeoff``: MSViT's accuracy against tokens, the gate trained by a classifier's own loss.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ __all__ = ["main"]
 _COMMANDS = {
     "demo": ("gbs_loss.demo", "Generalized Batch-Shaping demonstration (saves a PNG)."),
     "msvit-demo": ("gbs_loss.msvit.demo", "MSViT gate on scikit-image photographs (saves a PNG)."),
+    "msvit-tradeoff": ("gbs_loss.msvit.tradeoff", "MSViT accuracy against tokens on digits (table and PNGs)."),
 }
 
 
