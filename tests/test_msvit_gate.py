@@ -3,6 +3,8 @@ and the helper that wires it to the Generalized Batch-Shaping loss."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -182,11 +184,77 @@ def test_bad_images_are_rejected(images, error, message):
         ({"in_channels": 0}, ValueError, "in_channels must be a positive int, got 0"),
         ({"hidden_dims": (64, -1)}, ValueError, "hidden_dims entries must be a positive int, got -1"),
         ({"coarse_size": 32.0}, TypeError, "coarse_size must be a positive int, got float"),
+        ({"hidden_dims": 64}, TypeError, "hidden_dims must be a tuple of positive ints, got int 64"),
+        ({"init_rate": 0.0}, ValueError, r"init_rate must be a number in \(0, 1\), got 0.0"),
+        ({"init_rate": "0.3"}, ValueError, r"init_rate must be a number in \(0, 1\), got '0.3'"),
+        ({"budget": -1}, ValueError, "budget must be a non-negative int, got -1"),
+        ({"budget": 1.5}, ValueError, r"a float budget is a fraction of regions in \[0, 1\], got 1.5"),
+        ({"budget": "3"}, TypeError, "budget must be an int .* got str '3'"),
     ],
 )
 def test_bad_options_are_rejected(kwargs, error, message):
     with pytest.raises(error, match=message):
         MixedScaleGate(**kwargs)
+
+
+# -- initial split rate -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("rate", [0.1, 0.3, 0.5, 0.8])
+def test_a_fresh_gate_splits_about_its_init_rate_in_training(rate):
+    fractions = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        gate = MixedScaleGate(init_rate=rate).train()
+        assert gate.mlp[-1].bias.item() == pytest.approx(math.log(rate / (1 - rate)))
+        fractions.append(gate(torch.rand(32, 3, 224, 224)).mask.mean().item())
+    assert all(abs(f - rate) < 0.06 for f in fractions), fractions
+
+
+@pytest.mark.parametrize(("coarse", "resolution"), [(32, 8), (28, 7), (64, 8), (12, 6), (48, 8)])
+def test_default_gate_resolution_fits_every_patch_size(coarse, resolution):
+    gate = MixedScaleGate(coarse_size=coarse, fine_size=coarse // 2)
+    assert gate.gate_resolution == resolution
+    assert gate(torch.randn(1, 3, 2 * coarse, coarse)).mask.shape == (1, 2, 1)
+
+
+# -- budget mode -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize(("budget", "k"), [(0, 0), (2, 2), (6, 6), (0.5, 3), (0.3, 2)])
+def test_budget_mode_splits_exactly_k_regions_per_image(images, training, budget, k):
+    gate = MixedScaleGate(budget=budget).train(training)
+    out = gate(images)
+    assert torch.equal(out.mask.sum((1, 2)), torch.full((4,), float(k)))
+    assert set(out.mask.unique().tolist()) <= {0.0, 1.0}
+    if not training:  # the top-k of the logits
+        top = out.logits.reshape(4, -1).topk(k, dim=1).indices
+        expected = torch.zeros(4, 6).scatter(1, top, 1.0).reshape(4, 2, 3)
+        assert torch.equal(out.mask, expected)
+
+
+def test_budget_given_to_forward_overrides_the_attribute(images):
+    gate = MixedScaleGate().eval()
+    assert gate(images, budget=4).mask.sum().item() == 16
+    gate.budget = 1
+    assert gate(images).mask.sum().item() == 4
+
+
+def test_budget_mode_is_straight_through(images):
+    gate = MixedScaleGate(budget=2).train()
+    torch.manual_seed(0)
+    out = gate(images)
+    weights = torch.randn_like(out.mask)
+    (out.mask * weights).sum().backward()
+    grad = [p.grad.clone() for p in gate.parameters()]
+    gate.zero_grad()
+    torch.manual_seed(0)
+    out2 = gate(images)
+    (out2.soft * weights).sum().backward()
+    for g, h in zip(grad, (p.grad for p in gate.parameters()), strict=True):
+        torch.testing.assert_close(g, h)
+
+
+def test_budget_above_the_region_count_is_refused(images):
+    with pytest.raises(ValueError, match=r"budget must be in \[0, 6\] \(the regions of an image\), got 7"):
+        MixedScaleGate(budget=7)(images)
 
 
 # -- wiring to Generalized Batch-Shaping ---------------------------------------------------------------------------
@@ -243,3 +311,18 @@ def test_gbas_loss_moves_the_split_fraction_to_the_target():
 def test_msvit_gate_loss_rejects_bad_targets(kwargs, error, message):
     with pytest.raises(error, match=message):
         msvit_gate_loss((7, 7), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("regions", "error", "message"),
+    [
+        ("7x7", TypeError, r"regions must be the grid of coarse regions, .* got str '7x7'"),
+        ((7, 7, 1), TypeError, r"regions must be the grid of coarse regions, .* got tuple \(7, 7, 1\)"),
+        ((7, 0), ValueError, r"regions must be the grid of coarse regions, .* got \(7, 0\)"),
+        (0, ValueError, r"regions must be the grid of coarse regions, .* got 0"),
+    ],
+)
+def test_msvit_gate_loss_rejects_bad_region_grids(regions, error, message):
+    with pytest.raises(error, match=message):
+        msvit_gate_loss(regions)
+    assert msvit_gate_loss(49).means.shape == (49,)

@@ -205,20 +205,62 @@ def test_max_tokens_pads_to_a_fixed_length():
     assert torch.equal(fixed.lengths, free.lengths) and not fixed.truncated.any()
 
 
-def test_max_tokens_truncates_and_reports_it():
+def test_max_tokens_unsplits_the_least_confident_regions():
     images, embed, pos = _setup()
     mask = torch.zeros(3, 2, 3)
-    mask[0] = 1  # 24 tokens
-    out = mixed_scale_tokens(images, mask, embed, pos, max_tokens=10)
+    mask[0] = 1  # 24 tokens; 10 allow the 6 regions and one split (6 + 3)
+    mask[1, 0, :2] = 1  # 12 tokens
+    scores = torch.randn(3, 2, 3, generator=torch.Generator().manual_seed(4))
+    out = mixed_scale_tokens(images, mask, embed, pos, max_tokens=10, scores=scores)
     assert out.tokens.shape == (3, 10, D)
-    assert out.truncated.tolist() == [True, False, False]
-    assert out.lengths.tolist() == [10, 6, 6]
-    full = mixed_scale_tokens(images, mask, embed, pos)
-    torch.testing.assert_close(out.tokens[0], full.tokens[0, :10])
+    assert out.truncated.tolist() == [True, True, False]
+    assert out.lengths.tolist() == [9, 9, 6]
+    expected = torch.zeros(3, 2, 3)
+    expected.view(3, -1)[0, scores[0].flatten().argmax()] = 1
+    best = scores[1, 0, :2].argmax()
+    expected[1, 0, best] = 1
+    reduced = mixed_scale_tokens(images, expected, embed, pos, max_tokens=10)
+    torch.testing.assert_close(out.tokens, reduced.tokens)
+    assert torch.equal(out.fine_to_token, reduced.fine_to_token) and torch.equal(out.positions, reduced.positions)
+    # The whole image is still covered: no cell points past the end.
+    assert (out.fine_to_token < out.lengths[:, None, None]).all()
+
+
+def test_max_tokens_without_scores_keeps_the_first_splits():
+    images, embed, pos = _setup()
+    mask = torch.ones(3, 2, 3)
+    out = mixed_scale_tokens(images, mask, embed, pos, max_tokens=12)  # 6 regions + 2 splits
+    expected = torch.zeros(3, 2, 3)
+    expected[:, 0, :2] = 1
+    torch.testing.assert_close(out.tokens, mixed_scale_tokens(images, expected, embed, pos, max_tokens=12).tokens)
+    assert out.truncated.all() and out.lengths.tolist() == [12, 12, 12]
+
+
+def test_max_tokens_below_the_coarse_count_drops_the_last_tokens():
+    images, embed, pos = _setup()
+    mask = torch.zeros(3, 2, 3)
+    mask[0] = 1
+    out = mixed_scale_tokens(images, mask, embed, pos, max_tokens=4)
+    assert out.lengths.tolist() == [4, 4, 4] and out.truncated.all()
+    full = mixed_scale_tokens(images, torch.zeros(3, 2, 3), embed, pos)
+    torch.testing.assert_close(out.tokens, full.tokens[:, :4])
     # Cells whose token was cut off point past the end and come back as zeros from to_grid.
     grid = out.to_grid(out.tokens)
-    lost = out.fine_to_token[0] == 10
-    assert int(lost.sum()) == 14 and (grid[0][lost] == 0).all()
+    lost = out.fine_to_token[0] == 4
+    assert int(lost.sum()) == 8 and (grid[0][lost] == 0).all()
+
+
+def test_unsplit_regions_keep_a_straight_through_gradient():
+    images, embed, pos = _setup(batch=1)
+    hard = torch.ones(1, 2, 3)
+    mask = hard.clone().requires_grad_(True)
+    scores = torch.arange(6.0).reshape(1, 2, 3)
+    out = mixed_scale_tokens(images, mask, embed, pos, max_tokens=9, scores=scores)  # keeps region 5 only
+    expected = torch.zeros(1, 2, 3)
+    expected[0, 1, 2] = 1
+    torch.testing.assert_close(out.tokens, mixed_scale_tokens(images, expected, embed, pos).tokens)
+    out.tokens.sum().backward()
+    assert (mask.grad != 0).all()
 
 
 # -- straight-through gradients -------------------------------------------------------------------------------
@@ -256,6 +298,76 @@ def test_straight_through_gradient_of_each_region():
         sign = 1.0 if plain.is_fine[0, t] else -1.0
         expected[r, c] += sign * (weights[0, t] * content[t]).sum().detach()
     torch.testing.assert_close(mask.grad[0], expected, rtol=1e-4, atol=1e-4)
+
+
+# -- embedding only what is used ---------------------------------------------------------------------------
+class _Wrapped(nn.Module):
+    """The same convolution behind a module the tokenizer cannot see through (the whole-image path)."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("max_tokens", [None, 20])
+@pytest.mark.parametrize("norm", [False, True])
+def test_embedding_the_used_patches_equals_embedding_the_whole_image(max_tokens, norm):
+    images, embed, pos = _setup(batch=5)
+    mask = _random_mask(5, (2, 3), seed=21, p=0.5)
+    embed_norm = nn.LayerNorm(D) if norm else None
+    fast = mixed_scale_tokens(images, mask, embed, pos, max_tokens=max_tokens, embed_norm=embed_norm)
+    slow = mixed_scale_tokens(images, mask, _Wrapped(embed), pos, max_tokens=max_tokens, embed_norm=embed_norm)
+    torch.testing.assert_close(fast.tokens, slow.tokens, rtol=1e-5, atol=1e-5)
+    for x, y in zip(fast[1:7], slow[1:7], strict=True):
+        assert torch.equal(x, y)
+
+
+def test_only_the_used_patches_are_embedded():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    images, embed, pos = _setup(batch=4)
+    mask = _random_mask(4, (2, 3), seed=23, p=0.3)
+    with FlopCounterMode(display=False) as counter:
+        out = mixed_scale_tokens(images, mask, embed, pos)
+    tokens = int(out.lengths.sum())
+    assert counter.get_total_flops() == 2 * tokens * D * 3 * 16 * 16
+    with FlopCounterMode(display=False) as counter:
+        mixed_scale_tokens(images, mask, _Wrapped(embed), pos)
+    assert counter.get_total_flops() == 2 * 4 * (24 + 6) * D * 3 * 16 * 16  # every fine and every coarse patch
+
+
+# -- budget mode ------------------------------------------------------------------------------------------------
+def _budget_mask(batch: int, regions: tuple[int, int], k: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.rand(batch, regions[0] * regions[1], generator=gen)
+    mask = torch.zeros_like(scores).scatter(1, scores.topk(k, dim=1).indices, 1.0)
+    return mask.reshape(batch, *regions)
+
+
+@pytest.mark.parametrize("budget", [0, 2, 6, 0.5])
+def test_budget_gives_dense_tokens_equal_to_the_free_ones(budget):
+    images, embed, pos = _setup(batch=4)
+    k = budget if isinstance(budget, int) else 3
+    mask = _budget_mask(4, (2, 3), k)
+    out = mixed_scale_tokens(images, mask, embed, pos, budget=budget)
+    assert out.tokens.shape == (4, 6 + 3 * k, D) and not out.padding_mask.any()
+    free = mixed_scale_tokens(images, mask, embed, pos)
+    torch.testing.assert_close(out.tokens, free.tokens)
+
+
+def test_budget_checks_the_split_count_and_arguments():
+    images, embed, pos = _setup()
+    with pytest.raises(ValueError, match=r"budget=2 means exactly 2 split regions in every image, got \[0, 0, 0\]"):
+        mixed_scale_tokens(images, torch.zeros(3, 2, 3), embed, pos, budget=2)
+    with pytest.raises(ValueError, match=r"budget must be in \[0, 6\]"):
+        mixed_scale_tokens(images, torch.zeros(3, 2, 3), embed, pos, budget=7)
+    with pytest.raises(ValueError, match="give budget or max_tokens, not both"):
+        mixed_scale_tokens(images, torch.zeros(3, 2, 3), embed, pos, budget=0, max_tokens=6)
+    with pytest.raises(TypeError, match="budget must be an int"):
+        mixed_scale_tokens(images, torch.zeros(3, 2, 3), embed, pos, budget="2")
 
 
 # -- the module ---------------------------------------------------------------------------------------------------
@@ -327,3 +439,17 @@ def test_bad_embeddings_are_rejected():
         mixed_scale_tokens(images, mask, embed, pos, max_tokens=0)
     with pytest.raises(ValueError, match=r"patch_embed must map .* = \(B, D, 4, 6\), got \(3, 8, 8, 12\)"):
         mixed_scale_tokens(images, mask, nn.Sequential(nn.Conv2d(3, D, 8, stride=8)), pos)
+    with pytest.raises(TypeError, match=r"got nn.Linear\(3, 8\), which acts on the last dimension"):
+        mixed_scale_tokens(images, mask, nn.Linear(3, D), pos)
+    with pytest.raises(ValueError, match=r"patch_embed must map .*calling it on images of shape \(3, 3, 64, 96\)"):
+        mixed_scale_tokens(images, mask, nn.Sequential(nn.Linear(3, D)), pos)
+    with pytest.raises(ValueError, match=r"scores must have the shape of mask"):
+        mixed_scale_tokens(images, mask, embed, pos, scores=torch.zeros(3, 6))
+
+
+def test_nan_masks_are_refused():
+    images, embed, pos = _setup()
+    mask = torch.zeros(3, 2, 3)
+    mask[1, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="mask must not hold NaN"):
+        mixed_scale_tokens(images, mask, embed, pos)

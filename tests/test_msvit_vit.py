@@ -1,4 +1,4 @@
-"""End-to-end MSViT examples: the plain-PyTorch ViT on mixed tokens and the optional timm adapter."""
+"""End-to-end MSViT example: the plain-PyTorch ViT on mixed tokens (the timm adapter: test_msvit_timm.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gbs_loss.msvit import MixedScaleGate, MixedScaleViT, TimmMixedScaleViT, ViTOutput, msvit_gate_loss
+from gbs_loss.msvit import MixedScaleGate, MixedScaleViT, ViTOutput, msvit_gate_loss
 
 
 def _model(**kwargs) -> MixedScaleViT:
@@ -37,10 +37,11 @@ def test_output_shapes():
     assert torch.equal(out.tokens.lengths, 4 + 3 * out.gate.mask.sum((1, 2)).long())
 
 
+@pytest.mark.parametrize("execution", ["packed", "padded"])
 @pytest.mark.parametrize("mode", ["train", "eval", "inference"])
-def test_padding_does_not_change_an_images_result(mode):
+def test_padding_does_not_change_an_images_result(mode, execution):
     # "inference" takes PyTorch's fused encoder path (no autograd), the others the regular one.
-    model = _model().train(mode == "train")
+    model = _model(execution=execution).train(mode == "train")
     images, mask = _images(), _mixed_mask()
     with torch.inference_mode(mode == "inference"):
         batched = model(images, mask)
@@ -63,8 +64,9 @@ def test_all_fine_mask_is_a_plain_vit():
     torch.testing.assert_close(out.logits, plain, rtol=1e-4, atol=1e-5)
 
 
-def test_fixed_max_tokens_gives_the_same_result():
-    model = _model(max_tokens=16).eval()
+@pytest.mark.parametrize("execution", ["auto", "packed"])
+def test_fixed_max_tokens_gives_the_same_result(execution):
+    model = _model(max_tokens=16, execution=execution).eval()
     images, mask = _images(), _mixed_mask()
     fixed = model(images, mask)
     assert fixed.tokens.tokens.shape[1] == 16
@@ -115,66 +117,34 @@ def test_bad_arguments_are_rejected():
     with pytest.raises(TypeError, match="gate must be a MixedScaleGate or None, got Linear"):
         MixedScaleViT(gate=torch.nn.Linear(2, 2))
     model = _model()
-    with pytest.raises(ValueError, match="pos_embed must be the fine grid of position embeddings for a 6x6 grid"):
+    with pytest.raises(ValueError, match="images must be 64x64 .*image_size.*got 96x96"):
         model(torch.randn(1, 3, 96, 96))
 
 
-# -- timm (optional) ---------------------------------------------------------------------------------------------
-def _timm_vit(**kwargs):
-    timm = pytest.importorskip("timm")
-    torch.manual_seed(0)
-    options = {"pretrained": False, "num_classes": 5, "img_size": 64}
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"mlp_ratio": "4"}, TypeError, "mlp_ratio must be a number > 0 .*got str '4'"),
+        ({"mlp_ratio": 0.0}, ValueError, "mlp_ratio must be a finite number > 0"),
+        ({"mlp_ratio": float("inf")}, ValueError, "mlp_ratio must be a finite number > 0"),
+        ({"dropout": 1.0}, ValueError, r"dropout must be a number in \[0, 1\), got 1.0"),
+        ({"dropout": None}, TypeError, r"dropout must be a number in \[0, 1\), got NoneType"),
+        ({"num_classes": 10.0}, TypeError, "num_classes must be a positive int, got float"),
+        ({"depth": 0}, ValueError, "depth must be a positive int, got 0"),
+        ({"max_tokens": 0}, ValueError, "max_tokens must be a positive int, got 0"),
+        ({"budget": 5}, ValueError, r"budget must be in \[0, 4\]"),
+        ({"budget": 1, "max_tokens": 8}, ValueError, "give budget or max_tokens, not both"),
+        ({"execution": "nested"}, ValueError, "execution must be 'auto', 'packed' or 'padded', got 'nested'"),
+        ({"attention": "flash"}, ValueError, "attention must be 'auto', 'nested' or 'padded', got 'flash'"),
+        (
+            {"fine_size": 8, "gate": MixedScaleGate(32, 16)},
+            ValueError,
+            "the gate has coarse_size=32, fine_size=16 and in_channels=3, expected 32, 8 and 3",
+        ),
+    ],
+)
+def test_every_constructor_argument_is_validated(kwargs, error, message):
+    options = {"num_classes": 5, "image_size": 64, "embed_dim": 32, "depth": 2, "num_heads": 4}
     options.update(kwargs)
-    return timm.create_model("vit_tiny_patch16_224", **options).eval()
-
-
-@pytest.mark.parametrize("pool", ["token", "avg"])
-def test_timm_all_fine_equals_the_timm_vit(pool):
-    vit = _timm_vit(global_pool=pool)
-    model = TimmMixedScaleViT(vit).eval()
-    images = _images()
-    torch.testing.assert_close(model(images, torch.ones(4, 2, 2)).logits, vit(images), rtol=1e-4, atol=1e-5)
-
-
-def test_timm_register_tokens_and_unshared_class_position():
-    vit = _timm_vit(reg_tokens=2, no_embed_class=True)
-    model = TimmMixedScaleViT(vit).eval()
-    images = _images()
-    torch.testing.assert_close(model(images, torch.ones(4, 2, 2)).logits, vit(images), rtol=1e-4, atol=1e-5)
-
-
-def test_timm_padding_does_not_change_an_images_result():
-    model = TimmMixedScaleViT(_timm_vit()).eval()
-    images, mask = _images(), _mixed_mask()
-    batched = model(images, mask)
-    for i in range(4):
-        alone = model(images[i : i + 1], mask[i : i + 1])
-        torch.testing.assert_close(batched.logits[i], alone.logits[0], rtol=1e-4, atol=1e-5)
-
-
-def test_timm_blocks_without_attention_mask_run_image_by_image():
-    model = TimmMixedScaleViT(_timm_vit()).eval()
-    assert model.masked_blocks  # recent timm blocks accept attn_mask
-    images, mask = _images(), _mixed_mask()
-    masked = model(images, mask)
-    model.masked_blocks = False  # the path taken for older timm versions
-    one_by_one = model(images, mask)
-    torch.testing.assert_close(one_by_one.logits, masked.logits, rtol=1e-4, atol=1e-5)
-
-
-def test_timm_task_loss_reaches_the_gate():
-    model = TimmMixedScaleViT(_timm_vit()).train()
-    out = model(_images())
-    F.cross_entropy(out.logits, torch.tensor([0, 1, 2, 3])).backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.gate.parameters())
-
-
-def test_timm_adapter_rejects_models_without_a_conv_patch_embedding():
-    with pytest.raises(TypeError, match="patch_embed.proj is an nn.Conv2d, got Linear"):
-        TimmMixedScaleViT(torch.nn.Linear(2, 2))
-
-
-def test_timm_adapter_rejects_attention_pooling():
-    vit = _timm_vit(global_pool="map")
-    with pytest.raises(ValueError, match="global_pool must be 'token' or 'avg', got 'map'"):
-        TimmMixedScaleViT(vit)
+    with pytest.raises(error, match=message):
+        MixedScaleViT(**options)

@@ -8,15 +8,17 @@ Transformers", ICCV Workshops 2023, arXiv 2307.02321.
 * :class:`MixedScaleTokenizer` / :func:`mixed_scale_tokens` -- coarse and fine tokens from a ViT's own patch and
   position embeddings, padded, with a padding mask and a map back to the fine grid;
 * :func:`msvit_gate_loss` -- the Generalized Batch-Shaping loss for the gate's soft values;
-* :class:`MixedScaleViT` and :class:`TimmMixedScaleViT` -- end-to-end examples (plain PyTorch; ``timm``).
+* :class:`MixedScaleViT` and :class:`TimmMixedScaleViT` -- end-to-end examples (plain PyTorch; ``timm``);
+  :func:`from_timm` wraps a timm ViT in one line, its gate loss ready.
 
 ``python -m gbs_loss msvit-demo`` trains the gate on scikit-image's photographs (see :mod:`gbs_loss.msvit.demo`).
 """
 
 from gbs_loss.msvit.gate import GateOutput, MixedScaleGate
 from gbs_loss.msvit.loss import msvit_gate_loss
+from gbs_loss.msvit.timm import TimmMixedScaleViT, from_timm
 from gbs_loss.msvit.tokenizer import MixedScaleTokenizer, MixedTokens, mixed_scale_tokens
-from gbs_loss.msvit.vit import MixedScaleViT, TimmMixedScaleViT, ViTOutput
+from gbs_loss.msvit.vit import MixedScaleViT, ViTOutput
 
 __all__ = [
     "GateOutput",
@@ -26,6 +28,7 @@ __all__ = [
     "MixedTokens",
     "TimmMixedScaleViT",
     "ViTOutput",
+    "from_timm",
     "mixed_scale_tokens",
     "msvit_gate_loss",
 ]

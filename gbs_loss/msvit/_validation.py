@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["check_images", "check_mask", "check_patch_sizes", "check_positive_int"]
+__all__ = ["check_images", "check_mask", "check_patch_sizes", "check_positive_int", "resolve_budget"]
 
 
 def check_positive_int(owner: str, name: str, value: Any) -> int:
@@ -69,3 +69,37 @@ def check_mask(owner: str, mask: Any, batch: int, regions: tuple[int, int]) -> N
         raise ValueError(
             f"{owner}: mask must have shape (B, H / coarse_size, W / coarse_size) = {expected}, got {tuple(mask.shape)}"
         )
+    # A NaN would read as "keep" (NaN > 0.5 is False). Checked where it is free: on the CPU, outside compilation
+    # (on an accelerator it would cost a host synchronisation).
+    if (
+        mask.dtype.is_floating_point
+        and mask.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and bool(torch.isnan(mask).any())
+    ):
+        raise ValueError(
+            f"{owner}: mask must not hold NaN (1 = split, 0 = keep), got {int(torch.isnan(mask).sum())} NaN"
+        )
+
+
+def resolve_budget(owner: str, budget: Any, regions: int | None) -> int | None:
+    """Number of regions to split per image for a ``budget`` (an int count or a float fraction in ``[0, 1]``).
+
+    With ``regions=None`` only the type and sign are checked (a constructor that does not know the image size).
+    """
+    if budget is None:
+        return None
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+        raise TypeError(
+            f"{owner}: budget must be an int (regions to split per image), a float in [0, 1] (fraction of "
+            f"regions) or None, got {type(budget).__name__} {budget!r}"
+        )
+    if isinstance(budget, float):
+        if not 0.0 <= budget <= 1.0:
+            raise ValueError(f"{owner}: a float budget is a fraction of regions in [0, 1], got {budget!r}")
+        return None if regions is None else int(round(budget * regions))
+    if budget < 0 or (regions is not None and budget > regions):
+        if regions is None:
+            raise ValueError(f"{owner}: budget must be a non-negative int, got {budget}")
+        raise ValueError(f"{owner}: budget must be in [0, {regions}] (the regions of an image), got {budget}")
+    return budget

@@ -1,17 +1,17 @@
 r"""``python -m gbs_loss msvit-demo``: the MSViT gate trained on real photographs, without labels.
 
 The photographs are those that ship inside scikit-image (no download; the optional ``demo`` extra installs
-scikit-image and matplotlib). A :class:`~gbs_loss.msvit.MixedScaleGate` is trained on random crops of one set
+scikit-image and matplotlib). A `MixedScaleGate` is trained on random crops of one set
 of photographs and shown on others that it never saw.
 
 **The training signal is a label-free stand-in.** MSViT (Havtorn, Royer, Blankevoort, Ehteshami Bejnordi,
 ICCV Workshops 2023, arXiv 2307.02321) trains the gate with the task loss of the ViT (classification,
 segmentation), through the straight-through estimator. Here there is no task: the signal is how much detail a
 coarse token loses, the error of resizing the coarse patch down to the fine size and back up. Per batch, the
-logarithm of that error is standardised to a score :math:`z`, and the "task" loss
-:math:`-\operatorname{mean}(\text{mask} \cdot z)` rewards splitting regions that lose more than the batch's
+logarithm of that error is standardised to a score $z$, and the "task" loss
+$-\operatorname{mean}(\text{mask} \cdot z)$ rewards splitting regions that lose more than the batch's
 average and penalises splitting the others; the hard mask carries the straight-through gradient to the gate.
-The Generalized Batch-Shaping loss (:func:`~gbs_loss.msvit.msvit_gate_loss`, target 30% split regions)
+The Generalized Batch-Shaping loss (`msvit_gate_loss`, target 30% split regions)
 decides how many regions may split.
 """
 
@@ -22,6 +22,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -57,7 +58,7 @@ _DOCS_IMAGE = Path(__file__).resolve().parents[2] / "docs" / "img" / "msvit_demo
 _MEAN, _STD = 0.45, 0.25  # normalisation of [0, 1] pixels for the gate
 
 
-def _require(module: str):
+def _require(module: str) -> ModuleType:
     try:
         return __import__(module)
     except ImportError as err:  # pragma: no cover - depends on the environment
@@ -68,7 +69,7 @@ def load_photo(name: str) -> Tensor:
     """One of scikit-image's bundled photographs as an RGB float tensor ``(3, H, W)`` in ``[0, 1]``.
 
     Args:
-        name: A function name of :mod:`skimage.data` (``"astronaut"``, ``"coffee"``, ...), or
+        name: A function name of `skimage.data` (``"astronaut"``, ``"coffee"``, ...), or
             ``"motorcycle"`` for the left view of ``stereo_motorcycle``.
 
     Returns:
@@ -78,7 +79,7 @@ def load_photo(name: str) -> Tensor:
     from skimage import data
 
     if name == "motorcycle":
-        array = data.stereo_motorcycle()[0]
+        array = data.stereo_motorcycle()[0]  # type: ignore[no-untyped-call]  # unannotated in scikit-image
     else:
         loader = getattr(data, name, None)
         if loader is None:
@@ -217,6 +218,7 @@ def _draw(result: _Result, coarse_px: float, fine_px: float, summary: str, path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
     from matplotlib.patches import Patch, Rectangle
 
     fine_color, coarse_color = "#00d5ff", "#ffffff"
@@ -231,7 +233,7 @@ def _draw(result: _Result, coarse_px: float, fine_px: float, summary: str, path:
         ax.axis("off")
     for ax, name, image, mask in zip(axes.ravel(), result.names, result.images, result.masks, strict=False):
         ax.imshow(image.permute(1, 2, 0).numpy(), extent=(0, size, size, 0), interpolation="lanczos")
-        grid = [[(0, k * sc), (size, k * sc)] for k in range(1, mask.shape[0])]
+        grid: list[list[tuple[float, float]]] = [[(0, k * sc), (size, k * sc)] for k in range(1, mask.shape[0])]
         grid += [[(k * sc, 0), (k * sc, size)] for k in range(1, mask.shape[1])]
         ax.add_collection(LineCollection(grid, colors=coarse_color, linewidths=0.7, alpha=0.6))
         fine_lines = []
@@ -254,7 +256,9 @@ def _draw(result: _Result, coarse_px: float, fine_px: float, summary: str, path:
     ]
     fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False, fontsize=10)
     fig.suptitle(summary, fontsize=11.5)
-    fig.get_layout_engine().set(h_pad=0.12, w_pad=0.06)
+    engine = fig.get_layout_engine()
+    assert isinstance(engine, ConstrainedLayoutEngine)  # layout="constrained" above
+    engine.set(h_pad=0.12, w_pad=0.06)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, facecolor="white")
     plt.close(fig)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gbs_loss.msvit._validation import check_images, check_patch_sizes, check_positive_int
+from gbs_loss.msvit._validation import check_images, check_patch_sizes, check_positive_int, resolve_budget
 
 __all__ = ["GateOutput", "MixedScaleGate"]
 
@@ -69,12 +69,24 @@ class MixedScaleGate(nn.Module):
             and a :class:`~gbs_loss.msvit.MixedScaleTokenizer` can be checked against each other.
         in_channels: Number of image channels.
         gate_resolution: Side, in pixels, to which each coarse patch is average-pooled before the MLP; must
-            divide ``coarse_size`` (``coarse_size`` itself means no pooling).
+            divide ``coarse_size`` (``coarse_size`` itself means no pooling). ``None`` (default): the largest
+            divisor of ``coarse_size`` not above 8 (8 for 32-pixel coarse patches, 7 for 28, 4 for 12), so that
+            every patch size works.
         hidden_dims: Widths of the MLP's hidden layers (may be empty: a linear gate).
         noise: ``"logistic"`` adds logistic noise to the logits in training (a binary-concrete relaxation);
             ``"none"`` does not.
         temperature: :math:`\tau > 0` of the soft values.
         threshold: Soft value above which a region is split, in ``(0, 1)``.
+        init_rate: Fraction of regions a fresh gate splits in training, in ``(0, 1)``: the output bias starts at
+            :math:`\operatorname{logit}(\text{init\_rate})`, so that with logistic noise a region splits with
+            probability about ``init_rate`` (exactly, were the MLP's other outputs zero). Pass the target rate of
+            the Generalized Batch-Shaping loss. In evaluation a fresh gate thresholds its logits, which are all
+            near that bias: it splits few regions for ``init_rate < 0.5``; use ``budget`` for an exact count.
+        budget: Per-image budget mode: ``None`` (default) thresholds every region independently; an int ``k``
+            splits exactly the ``k`` regions with the largest (noisy, in training) logits of every image, a float
+            in ``[0, 1]`` that fraction of the regions (rounded). Every image then has exactly
+            ``regions + ((Sc / Sf)^2 - 1) k`` tokens: no padding and no host synchronisation. The mask is the
+            hard top-k decision with the same straight-through gradient as the threshold.
 
     Shape:
         - Input: ``(B, C, H, W)`` with ``H`` and ``W`` multiples of ``coarse_size``.
@@ -96,21 +108,28 @@ class MixedScaleGate(nn.Module):
         coarse_size: int = 32,
         fine_size: int = 16,
         in_channels: int = 3,
-        gate_resolution: int = 8,
+        gate_resolution: int | None = None,
         hidden_dims: tuple[int, ...] = (64, 64),
         noise: Literal["logistic", "none"] = "logistic",
         temperature: float = 1.0,
         threshold: float = 0.5,
+        init_rate: float = 0.5,
+        budget: int | float | None = None,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
         check_patch_sizes(owner, coarse_size, fine_size)
         check_positive_int(owner, "in_channels", in_channels)
+        if gate_resolution is None:
+            gate_resolution = max(r for r in range(1, min(8, coarse_size) + 1) if coarse_size % r == 0)
         check_positive_int(owner, "gate_resolution", gate_resolution)
         if gate_resolution > coarse_size or coarse_size % gate_resolution != 0:
             raise ValueError(f"{owner}: gate_resolution must divide coarse_size={coarse_size}, got {gate_resolution}")
         if not isinstance(hidden_dims, (tuple, list)):
-            raise TypeError(f"{owner}: hidden_dims must be a tuple of positive ints, got {type(hidden_dims).__name__}")
+            raise TypeError(
+                f"{owner}: hidden_dims must be a tuple of positive ints, got "
+                f"{type(hidden_dims).__name__} {hidden_dims!r}"
+            )
         for width in hidden_dims:
             check_positive_int(owner, "hidden_dims entries", width)
         if noise not in ("logistic", "none"):
@@ -123,6 +142,9 @@ class MixedScaleGate(nn.Module):
             raise ValueError(f"{owner}: temperature must be a finite number > 0, got {temperature!r}")
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
             raise ValueError(f"{owner}: threshold must be a number in (0, 1), got {threshold!r}")
+        if isinstance(init_rate, bool) or not isinstance(init_rate, (int, float)) or not 0 < init_rate < 1:
+            raise ValueError(f"{owner}: init_rate must be a number in (0, 1), got {init_rate!r}")
+        resolve_budget(owner, budget, None)
 
         self.coarse_size = coarse_size
         self.fine_size = fine_size
@@ -132,12 +154,16 @@ class MixedScaleGate(nn.Module):
         self.noise = noise
         self.temperature = float(temperature)
         self.threshold = float(threshold)
+        self.init_rate = float(init_rate)
+        self.budget = budget
 
         widths = [in_channels * gate_resolution**2, *self.hidden_dims]
         layers: list[nn.Module] = []
         for w_in, w_out in zip(widths[:-1], widths[1:], strict=True):
             layers += [nn.Linear(w_in, w_out), nn.GELU()]
         layers.append(nn.Linear(widths[-1], 1))
+        with torch.no_grad():
+            layers[-1].bias.fill_(math.log(init_rate) - math.log1p(-init_rate))
         self.mlp = nn.Sequential(*layers)
 
     @property
@@ -189,35 +215,45 @@ class MixedScaleGate(nn.Module):
         regions = pooled.reshape(b, c, rh, g, rw, g).permute(0, 2, 4, 1, 3, 5)
         return regions.reshape(b, rh, rw, c * g * g)
 
-    def forward(self, images: Tensor) -> GateOutput:
+    def forward(self, images: Tensor, budget: int | float | None = None) -> GateOutput:
         """Gate logits, soft values and hard mask for a batch of images.
 
         Args:
             images: Images ``(B, C, H, W)``, ``H`` and ``W`` multiples of ``coarse_size``.
+            budget: Regions to split per image (int) or their fraction (float), overriding :attr:`budget` for
+                this call; ``None`` uses :attr:`budget`.
 
         Returns:
             A :class:`GateOutput` ``(logits, soft, mask)``, each of shape ``(B, H / Sc, W / Sc)``.
         """
         logits = self.mlp(self.region_inputs(images)).squeeze(-1)
-        if self.training:
-            noisy = logits
-            if self.noise == "logistic":
-                tiny = torch.finfo(logits.dtype).tiny
-                u = torch.rand_like(logits).clamp(tiny, 1.0 - torch.finfo(logits.dtype).eps)
-                noisy = logits + (torch.log(u) - torch.log1p(-u))
-            soft = torch.sigmoid(noisy / self.temperature)
+        noisy = logits
+        if self.training and self.noise == "logistic":
+            tiny = torch.finfo(logits.dtype).tiny
+            u = torch.rand_like(logits).clamp(tiny, 1.0 - torch.finfo(logits.dtype).eps)
+            noisy = logits + (torch.log(u) - torch.log1p(-u))
+        soft = torch.sigmoid(noisy / self.temperature)
+        budget = self.budget if budget is None else budget
+        if budget is None:
             hard = (soft > self.threshold).to(soft.dtype)
+        else:
+            b = logits.shape[0]
+            flat = noisy.detach().reshape(b, -1)
+            k = resolve_budget(type(self).__name__, budget, flat.shape[1])
+            top = flat.topk(k, dim=1, sorted=False).indices
+            hard = torch.zeros_like(flat).scatter(1, top, 1.0).reshape(logits.shape).to(soft.dtype)
+        if self.training:
             # Straight-through: the forward value is exactly `hard` (soft - soft.detach() is exactly 0) and the
             # gradient with respect to `soft` is the identity.
             mask = hard + (soft - soft.detach())
         else:
-            soft = torch.sigmoid(logits / self.temperature)
-            mask = (soft > self.threshold).to(soft.dtype).detach()
+            mask = hard.detach()
         return GateOutput(logits, soft, mask)
 
     def extra_repr(self) -> str:
         return (
             f"coarse_size={self.coarse_size}, fine_size={self.fine_size}, in_channels={self.in_channels}, "
             f"gate_resolution={self.gate_resolution}, noise={self.noise!r}, "
-            f"temperature={self.temperature:g}, threshold={self.threshold:g}"
+            f"temperature={self.temperature:g}, threshold={self.threshold:g}, init_rate={self.init_rate:g}, "
+            f"budget={self.budget!r}"
         )

@@ -19,6 +19,19 @@ def _check_fraction(name: str, value: object, low: float, high: float) -> float:
     return float(value)
 
 
+def _check_regions(regions: object) -> None:
+    expected = "the grid of coarse regions, a pair of positive ints such as (7, 7), or their number"
+    if isinstance(regions, int) and not isinstance(regions, bool):
+        if regions <= 0:
+            raise ValueError(f"msvit_gate_loss: regions must be {expected}, got {regions}")
+        return
+    if not isinstance(regions, (tuple, list)) or len(regions) != 2:
+        raise TypeError(f"msvit_gate_loss: regions must be {expected}, got {type(regions).__name__} {regions!r}")
+    for side in regions:
+        if isinstance(side, bool) or not isinstance(side, int) or side <= 0:
+            raise ValueError(f"msvit_gate_loss: regions must be {expected}, got {tuple(regions)!r}")
+
+
 def msvit_gate_loss(
     regions: int | tuple[int, int] = (7, 7),
     target: float = 0.3,
@@ -71,6 +84,7 @@ def msvit_gate_loss(
         >>> criterion.means.shape
         torch.Size([7, 7])
     """
+    _check_regions(regions)
     target = _check_fraction("target", target, 0.0, 1.0)
     spread = _check_fraction("spread", spread, 0.0, 1.0)
     return GeneralizedBatchShaping(

@@ -1,4 +1,4 @@
-r"""MSViT around a ``timm`` Vision Transformer, and the one-line entry :func:`from_timm`.
+r"""MSViT around a ``timm`` Vision Transformer, and the one-line entry `from_timm`.
 
 Havtorn, Royer, Blankevoort, Ehteshami Bejnordi, "MSViT: Dynamic Mixed-Scale Tokenization for Vision
 Transformers", ICCV Workshops 2023, arXiv 2307.02321. The adapter drives the timm model's own modules (patch
@@ -71,10 +71,10 @@ class TimmMixedScaleViT(nn.Module):
     The fine patch embedding is the ViT's ``patch_embed.proj`` (with ``patch_embed.norm``); the fine
     position-embedding grid is ``pos_embed`` without its prefix entries (resampled by timm's own
     ``resample_abs_pos_embed`` to the image's grid when ``dynamic_img_size=True``); coarse tokens are built as in
-    :func:`~gbs_loss.msvit.mixed_scale_tokens`. The class, distillation and register tokens are prepended as
+    `mixed_scale_tokens`. The class, distillation and register tokens are prepended as
     timm does. Execution: when no image of the batch has padding (every region split, or the gate's ``budget``
     mode), the blocks run exactly as in timm's ``forward_features``; otherwise, for timm's standard ``Block``,
-    the packed runner of :mod:`gbs_loss.msvit._packed` drives each block's own submodules on the real tokens of
+    the packed runner of `gbs_loss.msvit._packed` drives each block's own submodules on the real tokens of
     the whole batch (no compute on padding) and attends per image; other block types get an additive attention
     mask that hides the padding (blocks that take no ``attn_mask``, from old timm versions, run image by image).
     Gradient checkpointing follows ``vit.grad_checkpointing`` (one checkpoint per block, as timm). Pooling
@@ -86,25 +86,25 @@ class TimmMixedScaleViT(nn.Module):
 
     Args:
         vit: A ``timm`` ``VisionTransformer`` (or subclass such as DeiT's ``VisionTransformerDistilled``).
-        gate: The gate; when ``None``, a :class:`~gbs_loss.msvit.MixedScaleGate` whose ``gate_resolution``
+        gate: The gate; when ``None``, a `MixedScaleGate` whose ``gate_resolution``
             fits the coarse size (7 for patch-14 models) and whose initial split rate is ``target``.
         coarse_size: Side of a coarse patch in pixels; twice the ViT's patch size when ``None``.
         max_tokens: Fixed padded length of the token sequences, or ``None`` (see
-            :func:`~gbs_loss.msvit.mixed_scale_tokens`).
+            `mixed_scale_tokens`).
         return_logits: Return the logits tensor from ``forward`` (what timm's train and validate scripts expect)
-            instead of a :class:`~gbs_loss.msvit.ViTOutput`; the full output is kept in :attr:`last_output`.
+            instead of a `ViTOutput`; the full output is kept in `last_output`.
         target: Split fraction a default gate starts at (its ``init_rate``); the gate's default when ``None``.
         packed: Run the blocks packed (``True``), masked on the padded batch (``False``), or packed whenever
             every block is timm's standard ``Block`` (``None``).
 
     Attributes:
-        last_output: The :class:`~gbs_loss.msvit.ViTOutput` of the latest ``forward`` (its ``gate.soft`` goes to
+        last_output: The `ViTOutput` of the latest ``forward`` (its ``gate.soft`` goes to
             the gate loss), or ``None`` before the first call.
 
     Shape:
         - Input: ``(B, C, H, W)``, ``H`` and ``W`` multiples of ``coarse_size`` (the ViT's image size unless
           ``dynamic_img_size``); optional mask ``(B, H / Sc, W / Sc)``.
-        - Output: :class:`~gbs_loss.msvit.ViTOutput` with ``logits`` of shape ``(B, num_classes)`` (``(B, P + T,
+        - Output: `ViTOutput` with ``logits`` of shape ``(B, num_classes)`` (``(B, P + T,
           num_classes)`` for ``global_pool=""``, ``P`` prefix tokens), or the logits alone with
           ``return_logits=True``.
 
@@ -330,8 +330,8 @@ class TimmMixedScaleViT(nn.Module):
             mask: Split decisions ``(B, H / Sc, W / Sc)`` to use instead of the gate's (all ones: the plain ViT).
 
         Returns:
-            A :class:`~gbs_loss.msvit.ViTOutput`, or its ``logits`` alone when :attr:`return_logits` is set (the
-            output is then in :attr:`last_output`).
+            A `ViTOutput`, or its ``logits`` alone when `return_logits` is set (the
+            output is then in `last_output`).
         """
         vit = self.vit
         gate_out, mask = _gate_and_mask(self.gate, images, mask)
@@ -388,7 +388,7 @@ class TimmMixedScaleViT(nn.Module):
 
     @property
     def default_cfg(self) -> dict[str, Any]:
-        """Alias of :attr:`pretrained_cfg`, as in timm."""
+        """Alias of `pretrained_cfg`, as in timm."""
         return self.pretrained_cfg
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -409,7 +409,7 @@ class TimmMixedScaleViT(nn.Module):
 
 
 class _TimmMSViTWithLoss(TimmMixedScaleViT):
-    """:class:`TimmMixedScaleViT` with its Generalized Batch-Shaping gate loss attached (see :func:`from_timm`)."""
+    """`TimmMixedScaleViT` with its Generalized Batch-Shaping gate loss attached (see `from_timm`)."""
 
     gate_criterion: GeneralizedBatchShaping
 
@@ -417,8 +417,8 @@ class _TimmMSViTWithLoss(TimmMixedScaleViT):
         """The Generalized Batch-Shaping loss of the gate's soft values of the latest ``forward`` (or of ``output``).
 
         Args:
-            output: A :class:`~gbs_loss.msvit.ViTOutput`, a :class:`~gbs_loss.msvit.GateOutput` or soft values
-                ``(B, H / Sc, W / Sc)``; :attr:`last_output` when ``None``.
+            output: A `ViTOutput`, a `GateOutput` or soft values
+                ``(B, H / Sc, W / Sc)``; `last_output` when ``None``.
 
         Returns:
             The scalar loss, to add to the task loss.
@@ -462,26 +462,26 @@ def from_timm(
     module wraps ``model`` (whose parameters it shares), returns plain logits by default, so that timm's train and
     validate scripts and any classification loop run unchanged, and keeps the full output (gate values, tokens)
     in ``last_output``. ``model.gate_loss()`` is the Generalized Batch-Shaping loss
-    (:func:`~gbs_loss.msvit.msvit_gate_loss`) of the latest forward's soft gate values, pulling the split
+    (`msvit_gate_loss`) of the latest forward's soft gate values, pulling the split
     fraction toward ``target`` (Havtorn et al., "MSViT", ICCV Workshops 2023, arXiv 2307.02321). Its learned
     priors are parameters of the returned module (``model.gate_criterion``), so ``model.parameters()`` gives the
     optimiser everything and ``state_dict`` saves everything.
 
     Args:
-        model: A ``timm`` ``VisionTransformer`` (see :class:`TimmMixedScaleViT` for what is supported).
+        model: A ``timm`` ``VisionTransformer`` (see `TimmMixedScaleViT` for what is supported).
         coarse_size: Side of a coarse patch in pixels; twice the model's patch size when ``None``.
         target: Target fraction of regions split into fine tokens, in ``(0, 1)``.
         spread: Standard deviation of the hyperprior on the regions' split rates, in ``(0, 1)``.
-        gate: A gate to use instead of the default :class:`~gbs_loss.msvit.MixedScaleGate`.
+        gate: A gate to use instead of the default `MixedScaleGate`.
         img_size: Image size the gate loss is built for (its grid of regions); the model's ``img_size`` when
             ``None``.
-        max_tokens: Fixed padded token length, or ``None`` (see :func:`~gbs_loss.msvit.mixed_scale_tokens`).
-        return_logits: ``forward`` returns the logits (``True``) or a :class:`~gbs_loss.msvit.ViTOutput`.
-        **loss_options: Further keyword arguments of :func:`~gbs_loss.msvit.msvit_gate_loss`
+        max_tokens: Fixed padded token length, or ``None`` (see `mixed_scale_tokens`).
+        return_logits: ``forward`` returns the logits (``True``) or a `ViTOutput`.
+        **loss_options: Further keyword arguments of `msvit_gate_loss`
             (``temperature_weight``, ``validate_args``, ...).
 
     Returns:
-        A :class:`TimmMixedScaleViT` with a ``gate_loss()`` method and a ``gate_criterion`` submodule.
+        A `TimmMixedScaleViT` with a ``gate_loss()`` method and a ``gate_criterion`` submodule.
 
     Example:
         >>> import torch

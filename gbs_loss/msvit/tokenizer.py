@@ -15,13 +15,20 @@ Every pixel is covered by exactly one token and nothing is dropped, unlike token
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gbs_loss.msvit._validation import check_images, check_mask, check_patch_sizes, check_positive_int
+from gbs_loss.msvit._packed import PackedLayout, packed_layout, unpack
+from gbs_loss.msvit._validation import (
+    check_images,
+    check_mask,
+    check_patch_sizes,
+    check_positive_int,
+    resolve_budget,
+)
 
 __all__ = ["MixedScaleTokenizer", "MixedTokens", "mixed_scale_tokens"]
 
@@ -133,21 +140,227 @@ def _pos_grid(pos_embed: Tensor, grid: tuple[int, int], owner: str) -> Tensor:
     )
 
 
-def _embed(
-    patch_embed: nn.Module, embed_norm: nn.Module | None, images: Tensor, grid: tuple[int, int], owner: str
-) -> Tensor:
-    """Apply the patch embedding; return channels-last ``(B, gh, gw, D)``."""
-    out = patch_embed(images)
+def _embed(patch_embed: nn.Module, images: Tensor, grid: tuple[int, int], owner: str) -> Tensor:
+    """Apply the patch embedding to whole images; return channels-last ``(B, gh, gw, D)``."""
+    expected = f"(B, D, H / fine_size, W / fine_size) = (B, D, {grid[0]}, {grid[1]})"
+    try:
+        out = patch_embed(images)
+    except RuntimeError as error:
+        raise ValueError(
+            f"{owner}: patch_embed must map (B, C, H, W) images to {expected}; calling it on images of shape "
+            f"{tuple(images.shape)} failed: {error}"
+        ) from error
     if not isinstance(out, Tensor) or out.dim() != 4 or tuple(out.shape[2:]) != grid:
         got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(
-            f"{owner}: patch_embed must map (B, C, H, W) images to (B, D, H / fine_size, "
-            f"W / fine_size) = (B, D, {grid[0]}, {grid[1]}), got {got}"
+        raise ValueError(f"{owner}: patch_embed must map (B, C, H, W) images to {expected}, got {got}")
+    return out.permute(0, 2, 3, 1)
+
+
+def _check_patch_embed(owner: str, patch_embed: Any, fine_size: int) -> int | None:
+    """Check the fine patch embedding; return its input channels when it says (``nn.Conv2d``)."""
+    if not isinstance(patch_embed, nn.Module):
+        raise TypeError(
+            f"{owner}: patch_embed must be an nn.Module (for example nn.Conv2d(C, D, "
+            f"kernel_size={fine_size}, stride={fine_size})), got {type(patch_embed).__name__}"
         )
-    out = out.permute(0, 2, 3, 1)
+    if isinstance(patch_embed, nn.Linear):
+        raise TypeError(
+            f"{owner}: patch_embed must map images (B, C, H, W) to (B, D, H / fine_size, W / fine_size), like "
+            f"nn.Conv2d(C, D, kernel_size={fine_size}, stride={fine_size}); got nn.Linear({patch_embed.in_features}, "
+            f"{patch_embed.out_features}), which acts on the last dimension"
+        )
+    if isinstance(patch_embed, nn.Conv2d):
+        if tuple(patch_embed.stride) != (fine_size, fine_size):
+            raise ValueError(
+                f"{owner}: patch_embed must have stride fine_size={fine_size}, got stride {tuple(patch_embed.stride)}"
+            )
+        return patch_embed.in_channels
+    return None
+
+
+def _is_patchwise(patch_embed: nn.Module, fine_size: int) -> bool:
+    """Whether ``patch_embed`` is a plain non-overlapping patch convolution (then only used patches are embedded)."""
+    return (
+        type(patch_embed) is nn.Conv2d
+        and tuple(patch_embed.kernel_size) == (fine_size, fine_size)
+        and tuple(patch_embed.stride) == (fine_size, fine_size)
+        and tuple(patch_embed.padding) == (0, 0)
+        and tuple(patch_embed.dilation) == (1, 1)
+        and patch_embed.groups == 1
+    )
+
+
+def _limit_splits(split: Tensor, scores: Tensor | None, allowed: int) -> tuple[Tensor, Tensor]:
+    """Keep at most ``allowed`` splits per image, the highest ``scores`` first; return (kept, un-split)."""
+    b = split.shape[0]
+    flat = split.reshape(b, -1)
+    regions = flat.shape[1]
+    steps = torch.arange(regions, device=split.device)
+    if scores is None:  # no confidence given: the earliest regions (raster order) keep their splits
+        key = (-steps).to(torch.float32).expand(b, regions)
+    else:
+        key = scores.detach().reshape(b, regions).to(torch.float32)
+    key = key.masked_fill(~flat, float("-inf"))
+    order = torch.argsort(key, dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, steps.expand(b, regions))
+    kept = flat & (rank < allowed)
+    return kept.reshape(split.shape), (flat & ~kept).reshape(split.shape)
+
+
+def _mixed_tokens(
+    images: Tensor,
+    mask: Tensor,
+    patch_embed: nn.Module,
+    pos_embed: Tensor | None,
+    *,
+    coarse_size: int,
+    fine_size: int,
+    embed_norm: nn.Module | None,
+    max_tokens: int | None,
+    budget: int | float | None,
+    scores: Tensor | None,
+    packed: bool,
+    owner: str = "mixed_scale_tokens",
+) -> tuple[MixedTokens, Tensor | None, PackedLayout | None]:
+    """Mixed tokens, and with ``packed=True`` also the packed tokens ``(N, D)`` and their layout."""
+    ratio = check_patch_sizes(owner, coarse_size, fine_size)
+    in_channels = _check_patch_embed(owner, patch_embed, fine_size)
+    rh, rw = check_images(owner, images, in_channels, coarse_size)
+    b = images.shape[0]
+    check_mask(owner, mask, b, (rh, rw))
+    if max_tokens is not None:
+        check_positive_int(owner, "max_tokens", max_tokens)
+    if pos_embed is not None and not isinstance(pos_embed, Tensor):
+        raise TypeError(f"{owner}: pos_embed must be a torch.Tensor or None, got {type(pos_embed).__name__}")
+    if scores is not None and (not isinstance(scores, Tensor) or tuple(scores.shape) != tuple(mask.shape)):
+        got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+        raise ValueError(f"{owner}: scores must have the shape of mask, {tuple(mask.shape)}, got {got}")
+    gh, gw = rh * ratio, rw * ratio
+    cells, regions, extra = gh * gw, rh * rw, ratio * ratio - 1
+    device = images.device
+    k = resolve_budget(owner, budget, regions)
+    if k is not None and max_tokens is not None:
+        raise ValueError(
+            f"{owner}: give budget or max_tokens, not both (got budget={budget!r}, max_tokens={max_tokens})"
+        )
+
+    split = mask if mask.dtype == torch.bool else mask > 0.5  # (B, Rh, Rw)
+    unsplit = None
+    total = None
+    if k is not None:
+        length = regions + extra * k
+        total = b * length
+        if images.device.type == "cpu" and not torch.compiler.is_compiling():
+            counts = split.reshape(b, -1).sum(1)
+            if bool((counts != k).any()):
+                raise ValueError(
+                    f"{owner}: budget={budget!r} means exactly {k} split regions in every image, got "
+                    f"{counts.tolist()} (use MixedScaleGate's budget mode)"
+                )
+    elif max_tokens is not None:
+        length = max_tokens
+        allowed = max(0, max_tokens - regions) // extra
+        if allowed < regions:  # un-split the least confident regions until every image fits
+            split, unsplit = _limit_splits(split, scores, allowed)
+    else:
+        length = None
+    split_cells = split.repeat_interleave(ratio, 1).repeat_interleave(ratio, 2)  # (B, Gh, Gw)
+    # A cell starts a token if its region is split, or if it is the top-left cell of a kept region.
+    top_left = torch.zeros(gh, gw, dtype=torch.bool, device=device)
+    top_left[::ratio, ::ratio] = True
+    starts = (split_cells | top_left).reshape(b, cells)
+    order = torch.cumsum(starts, dim=1) - 1  # index in the sequence of each starting cell
+    full_lengths = starts.sum(dim=1)
+    if length is None:
+        total, length = torch.stack([full_lengths.sum(), full_lengths.max()]).tolist()  # the one synchronisation
+    lengths = full_lengths.clamp(max=length)
+    valid_start = starts & (order < length)
+    cell_ids = torch.arange(b * cells, device=device)
+
+    # The source cell of every slot: packed (N slots, image after image) or padded (B * T slots).
+    layout = None
+    if packed or total is not None:  # packed slots (then padded by a scatter when asked)
+        if total is None:
+            total = int(lengths.sum())  # max_tokens with packed output: one synchronisation
+        flat_valid = valid_start.reshape(-1)
+        slot = torch.where(flat_valid, torch.cumsum(flat_valid, 0) - 1, total)
+        src = torch.zeros(total + 1, dtype=torch.long, device=device).scatter(0, slot, cell_ids)[:total]
+        layout = packed_layout(lengths, length, total)
+        slot_valid = None
+    else:
+        dest = torch.where(valid_start, order, length) + (length + 1) * torch.arange(b, device=device)[:, None]
+        src = torch.zeros(b * (length + 1), dtype=torch.long, device=device).scatter(0, dest.reshape(-1), cell_ids)
+        src = src.view(b, length + 1)[:, :length].reshape(-1)
+        slot_valid = (torch.arange(length, device=device)[None, :] < lengths[:, None]).reshape(-1)
+    image = torch.div(src, cells, rounding_mode="floor")
+    cell = src - image * cells
+    row = torch.div(cell, gw, rounding_mode="floor")
+    col = cell - row * gw
+    region = torch.div(row, ratio, rounding_mode="floor") * rw + torch.div(col, ratio, rounding_mode="floor")
+    is_fine = split_cells.reshape(-1).index_select(0, src)
+
+    pooled = F.avg_pool2d(images, ratio)  # coarse patches resized to the fine size (area averaging)
+    if _is_patchwise(patch_embed, fine_size):
+        # Embed only the patches that become tokens: a fine patch for split regions, the resized coarse patch
+        # for kept ones; the convolution of a single patch is a matrix product.
+        c, f = images.shape[1], fine_size
+        fine_pix = images.reshape(b, c, gh, f, gw, f)[image, :, row, :, col, :]  # (S, C, f, f)
+        rrow, rcol = torch.div(row, ratio, rounding_mode="floor"), torch.div(col, ratio, rounding_mode="floor")
+        coarse_pix = pooled.reshape(b, c, rh, f, rw, f)[image, :, rrow, :, rcol, :]
+        pix = torch.where(is_fine[:, None, None, None], fine_pix, coarse_pix).reshape(src.shape[0], -1)
+        weight = patch_embed.weight.reshape(patch_embed.out_channels, -1)
+        tokens = F.linear(pix, weight, patch_embed.bias)
+    else:  # a general embedding: run it on the whole image and on the resized one, keep what is used
+        fine_all = _embed(patch_embed, images, (gh, gw), owner).reshape(b * cells, -1)
+        coarse_all = _embed(patch_embed, pooled, (rh, rw), owner).reshape(b * regions, -1)
+        tokens = torch.where(
+            is_fine[:, None], fine_all.index_select(0, src), coarse_all.index_select(0, image * regions + region)
+        )
     if embed_norm is not None:
-        out = embed_norm(out)
-    return out
+        tokens = embed_norm(tokens)
+    if mask.dtype != torch.bool and mask.requires_grad:
+        # Straight-through: factors exactly 1 in the forward pass; an un-split region keeps m - 1 = 0.
+        m = mask.to(tokens.dtype)
+        if unsplit is not None:
+            m = m - unsplit.to(tokens.dtype)
+        m = m.reshape(-1).index_select(0, image * regions + region)
+        tokens = tokens * torch.where(is_fine, m, 1.0 - m).unsqueeze(-1)
+    if pos_embed is not None:
+        pos = _pos_grid(pos_embed, (gh, gw), owner)
+        if pos.shape[-1] != tokens.shape[-1]:
+            raise ValueError(
+                f"{owner}: pos_embed has embedding size {pos.shape[-1]} but patch_embed gives {tokens.shape[-1]}"
+            )
+        pos_coarse = F.avg_pool2d(pos.permute(2, 0, 1).unsqueeze(0), ratio)[0].permute(1, 2, 0)
+        table = torch.cat([pos.reshape(cells, -1), pos_coarse.reshape(regions, -1)]).to(tokens.dtype)
+        tokens = tokens + table.index_select(0, torch.where(is_fine, cell, cells + region))
+
+    order_grid = order.reshape(b, gh, gw)
+    region_token = order_grid[:, ::ratio, ::ratio].repeat_interleave(ratio, 1).repeat_interleave(ratio, 2)
+    fine_to_token = torch.where(split_cells, order_grid, region_token).clamp(max=length)
+    truncated = full_lengths > length
+    if unsplit is not None:
+        truncated = truncated | unsplit.reshape(b, -1).any(1)
+    padding_mask = torch.arange(length, device=device).unsqueeze(0) >= lengths.unsqueeze(1)
+    if layout is not None:
+        padded_tokens, positions, fine_flags = unpack(tokens, layout), unpack(cell, layout), unpack(is_fine, layout)
+    else:
+        padded_tokens = torch.where(slot_valid[:, None], tokens, 0.0).view(b, length, -1)
+        positions = torch.where(slot_valid, cell, 0).view(b, length)
+        fine_flags = (is_fine & slot_valid).view(b, length)
+    out = MixedTokens(
+        tokens=padded_tokens,
+        padding_mask=padding_mask,
+        lengths=lengths,
+        positions=positions,
+        is_fine=fine_flags,
+        fine_to_token=fine_to_token,
+        truncated=truncated,
+        grid_size=(gh, gw),
+        fine_size=fine_size,
+        coarse_size=coarse_size,
+    )
+    return out, (tokens if packed else None), (layout if packed else None)
 
 
 def mixed_scale_tokens(
@@ -160,6 +373,8 @@ def mixed_scale_tokens(
     fine_size: int = 16,
     embed_norm: nn.Module | None = None,
     max_tokens: int | None = None,
+    budget: int | float | None = None,
+    scores: Tensor | None = None,
 ) -> MixedTokens:
     r"""Build the mixed-scale token sequences of a batch of images (functional form of the tokenizer).
 
@@ -173,11 +388,23 @@ def mixed_scale_tokens(
     multiplied by its region's mask value and that of every coarse token by one minus it. These factors are
     exactly 1 in the forward pass and give the gate the gradient of the task loss with respect to its decision.
 
+    **Only used patches are embedded.** With a plain ``nn.Conv2d`` patch embedding (kernel and stride
+    ``fine_size``, no padding, dilation or groups) the fine patches of split regions and the resized coarse
+    patches of kept regions are gathered and embedded as one matrix product, so the embedding costs what the
+    tokens cost. Any other module runs on the whole image and the resized image, and the used cells are kept.
+
     **Synchronisation.** With ``max_tokens=None`` the padded length ``T`` is the largest token count in the
     batch, which must be read on the host: one device synchronisation per call (unavoidable for a
-    data-dependent shape). A fixed ``max_tokens`` avoids it: ``T = max_tokens``; images with more tokens lose
-    the last ones in spatial order (reported in :attr:`MixedTokens.truncated`). ``max_tokens`` equal to the
-    all-fine count ``(H / Sf) * (W / Sf)`` never truncates.
+    data-dependent shape). A fixed ``max_tokens`` avoids it: ``T = max_tokens``. An image with more tokens
+    **un-splits its least confident splits** (lowest ``scores``; without scores, the last splits in raster order)
+    until it fits, so every pixel stays covered; only when even its all-coarse sequence is longer than
+    ``max_tokens`` are its last tokens, in spatial order, dropped. Both are reported in
+    :attr:`MixedTokens.truncated`. ``max_tokens`` equal to the all-fine count ``(H / Sf) * (W / Sf)`` never
+    truncates. In the **budget mode** (``budget``) every image has exactly
+    ``regions + ((Sc / Sf)^2 - 1) k`` tokens: no padding and no synchronisation. The mask must then split
+    exactly ``k`` regions of every image (as :class:`~gbs_loss.msvit.MixedScaleGate` does with the same
+    ``budget``); this is checked on CPU tensors outside ``torch.compile`` (elsewhere it would cost a
+    synchronisation). A NaN in a floating mask is refused on the same terms.
 
     Args:
         images: Images ``(B, C, H, W)``, ``H`` and ``W`` multiples of ``coarse_size``.
@@ -189,16 +416,20 @@ def mixed_scale_tokens(
             ``(Gh * Gw, D)`` or ``(1, Gh * Gw, D)`` with ``(Gh, Gw) = (H / Sf, W / Sf)``; ``None`` adds none.
         coarse_size: Side of a coarse patch in pixels.
         fine_size: Side of a fine patch in pixels (the stride of ``patch_embed``).
-        embed_norm: Optional module applied to the channels-last patch embeddings before the position
+        embed_norm: Optional token-wise module applied to the patch embeddings before the position
             embeddings are added (the ``norm`` of a timm ``PatchEmbed``).
         max_tokens: Fixed padded length (see above), or ``None`` for the batch's largest token count.
+        budget: Regions split in every image, an int ``k`` or a float fraction of the regions (rounded): the
+            budget mode (see above); ``None`` for free masks. Not together with ``max_tokens``.
+        scores: Confidence of every split, ``(B, H / Sc, W / Sc)`` (the gate's logits), for ``max_tokens``.
 
     Returns:
         A :class:`MixedTokens`.
 
     Shape:
         - images: ``(B, C, H, W)``; mask: ``(B, H / Sc, W / Sc)``.
-        - tokens: ``(B, T, D)``, ``T`` the largest token count or ``max_tokens``.
+        - tokens: ``(B, T, D)``, ``T`` the largest token count, ``max_tokens``, or ``regions + 3 k`` with a
+          budget (for ``Sc = 2 Sf``).
 
     Example:
         >>> import torch
@@ -211,90 +442,19 @@ def mixed_scale_tokens(
         >>> out.tokens.shape, out.lengths.tolist()
         (torch.Size([2, 7, 8]), [7, 4])
     """
-    owner = "mixed_scale_tokens"
-    ratio = check_patch_sizes(owner, coarse_size, fine_size)
-    if not isinstance(patch_embed, nn.Module):
-        raise TypeError(
-            f"{owner}: patch_embed must be an nn.Module (for example nn.Conv2d(C, D, "
-            f"kernel_size={fine_size}, stride={fine_size})), got {type(patch_embed).__name__}"
-        )
-    in_channels = None
-    if isinstance(patch_embed, nn.Conv2d):
-        in_channels = patch_embed.in_channels
-        if tuple(patch_embed.stride) != (fine_size, fine_size):
-            raise ValueError(
-                f"{owner}: patch_embed must have stride fine_size={fine_size}, got stride {tuple(patch_embed.stride)}"
-            )
-    rh, rw = check_images(owner, images, in_channels, coarse_size)
-    b = images.shape[0]
-    check_mask(owner, mask, b, (rh, rw))
-    if max_tokens is not None:
-        check_positive_int(owner, "max_tokens", max_tokens)
-    gh, gw = rh * ratio, rw * ratio
-    cells = gh * gw
-    device = images.device
-
-    split = mask if mask.dtype == torch.bool else mask > 0.5  # (B, Rh, Rw)
-    split_cells = split.repeat_interleave(ratio, 1).repeat_interleave(ratio, 2)  # (B, Gh, Gw)
-
-    fine = _embed(patch_embed, embed_norm, images, (gh, gw), owner)  # (B, Gh, Gw, D)
-    coarse = _embed(patch_embed, embed_norm, F.avg_pool2d(images, ratio), (rh, rw), owner)  # (B, Rh, Rw, D)
-    if mask.dtype != torch.bool and mask.requires_grad:
-        m = mask.to(fine.dtype).unsqueeze(-1)
-        fine = fine * m.repeat_interleave(ratio, 1).repeat_interleave(ratio, 2)
-        coarse = coarse * (1.0 - m)
-    if pos_embed is not None:
-        if not isinstance(pos_embed, Tensor):
-            raise TypeError(f"{owner}: pos_embed must be a torch.Tensor or None, got {type(pos_embed).__name__}")
-        pos = _pos_grid(pos_embed, (gh, gw), owner)
-        if pos.shape[-1] != fine.shape[-1]:
-            raise ValueError(
-                f"{owner}: pos_embed has embedding size {pos.shape[-1]} but patch_embed gives {fine.shape[-1]}"
-            )
-        pos_coarse = F.avg_pool2d(pos.permute(2, 0, 1).unsqueeze(0), ratio)[0].permute(1, 2, 0)
-        fine = fine + pos
-        coarse = coarse + pos_coarse
-    coarse_cells = coarse.repeat_interleave(ratio, 1).repeat_interleave(ratio, 2)  # (B, Gh, Gw, D)
-    per_cell = torch.where(split_cells.unsqueeze(-1), fine, coarse_cells).reshape(b, cells, -1)
-
-    # A cell starts a token if its region is split, or if it is the top-left cell of a kept region.
-    top_left = torch.zeros(gh, gw, dtype=torch.bool, device=device)
-    top_left[::ratio, ::ratio] = True
-    starts = (split_cells | top_left).reshape(b, cells)
-    order = torch.cumsum(starts, dim=1) - 1  # index in the sequence of each starting cell
-    lengths = starts.sum(dim=1)
-    if max_tokens is None:
-        length = int(lengths.max())  # the one host synchronisation (data-dependent padded shape)
-    else:
-        length = max_tokens
-    dest = torch.where(starts & (order < length), order, length)  # non-starting / cut cells go to slot T
-
-    d = per_cell.shape[-1]
-    tokens = per_cell.new_zeros(b, length + 1, d).scatter(1, dest.unsqueeze(-1).expand(b, cells, d), per_cell)
-    cell_index = torch.arange(cells, device=device).expand(b, cells)
-    positions = torch.zeros(b, length + 1, dtype=torch.long, device=device).scatter(1, dest, cell_index)
-    is_fine = torch.zeros(b, length + 1, dtype=torch.bool, device=device).scatter(
-        1, dest, split_cells.reshape(b, cells)
-    )
-
-    order_grid = order.reshape(b, gh, gw)
-    region_token = order_grid[:, ::ratio, ::ratio].repeat_interleave(ratio, 1).repeat_interleave(ratio, 2)
-    fine_to_token = torch.where(split_cells, order_grid, region_token).clamp(max=length)
-
-    clipped = lengths.clamp(max=length)
-    padding_mask = torch.arange(length, device=device).unsqueeze(0) >= clipped.unsqueeze(1)
-    return MixedTokens(
-        tokens=tokens[:, :length],
-        padding_mask=padding_mask,
-        lengths=clipped,
-        positions=positions[:, :length].masked_fill(padding_mask, 0),
-        is_fine=is_fine[:, :length] & ~padding_mask,
-        fine_to_token=fine_to_token,
-        truncated=lengths > length,
-        grid_size=(gh, gw),
-        fine_size=fine_size,
+    return _mixed_tokens(
+        images,
+        mask,
+        patch_embed,
+        pos_embed,
         coarse_size=coarse_size,
-    )
+        fine_size=fine_size,
+        embed_norm=embed_norm,
+        max_tokens=max_tokens,
+        budget=budget,
+        scores=scores,
+        packed=False,
+    )[0]
 
 
 class MixedScaleTokenizer(nn.Module):
@@ -315,8 +475,12 @@ class MixedScaleTokenizer(nn.Module):
             A grid passed to :meth:`forward` takes precedence.
         coarse_size: Side of a coarse patch in pixels.
         fine_size: Side of a fine patch in pixels.
-        embed_norm: Optional module applied to the channels-last patch embeddings.
-        max_tokens: Fixed padded length, or ``None`` for the batch's largest token count.
+        embed_norm: Optional token-wise module applied to the patch embeddings (before the position embeddings).
+        max_tokens: Fixed padded length, or ``None`` for the batch's largest token count; images with more
+            tokens un-split their least confident regions (see :func:`mixed_scale_tokens`).
+        budget: Budget mode: every mask splits exactly this many regions per image (an int, or a float fraction
+            of the regions), so that the batch is dense with no padding and no host synchronisation (see
+            :func:`mixed_scale_tokens`); ``None`` for free masks. Not together with ``max_tokens``.
 
     Shape:
         - images: ``(B, C, H, W)``; mask: ``(B, H / Sc, W / Sc)``.
@@ -345,6 +509,7 @@ class MixedScaleTokenizer(nn.Module):
         fine_size: int = 16,
         embed_norm: nn.Module | None = None,
         max_tokens: int | None = None,
+        budget: int | float | None = None,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -357,6 +522,11 @@ class MixedScaleTokenizer(nn.Module):
             )
         if max_tokens is not None:
             check_positive_int(owner, "max_tokens", max_tokens)
+        resolve_budget(owner, budget, None)
+        if budget is not None and max_tokens is not None:
+            raise ValueError(
+                f"{owner}: give budget or max_tokens, not both (got budget={budget!r}, max_tokens={max_tokens})"
+            )
         if embed_norm is not None and not isinstance(embed_norm, nn.Module):
             raise TypeError(f"{owner}: embed_norm must be an nn.Module or None, got {type(embed_norm).__name__}")
         self.patch_embed = patch_embed
@@ -370,8 +540,11 @@ class MixedScaleTokenizer(nn.Module):
         self.coarse_size = coarse_size
         self.fine_size = fine_size
         self.max_tokens = max_tokens
+        self.budget = budget
 
-    def forward(self, images: Tensor, mask: Tensor, pos_embed: Tensor | None = None) -> MixedTokens:
+    def forward(
+        self, images: Tensor, mask: Tensor, pos_embed: Tensor | None = None, *, scores: Tensor | None = None
+    ) -> MixedTokens:
         """Tokenize a batch of images under a split mask.
 
         Args:
@@ -379,6 +552,8 @@ class MixedScaleTokenizer(nn.Module):
             mask: Split decisions ``(B, H / Sc, W / Sc)`` (for example :attr:`GateOutput.mask
                 <gbs_loss.msvit.GateOutput.mask>`).
             pos_embed: A fine position-embedding grid to use instead of the stored one.
+            scores: Confidence of every split ``(B, H / Sc, W / Sc)`` (the gate's logits), used by ``max_tokens``
+                to un-split the least confident regions first.
 
         Returns:
             A :class:`MixedTokens`.
@@ -392,7 +567,12 @@ class MixedScaleTokenizer(nn.Module):
             fine_size=self.fine_size,
             embed_norm=self.embed_norm,
             max_tokens=self.max_tokens,
+            budget=self.budget,
+            scores=scores,
         )
 
     def extra_repr(self) -> str:
-        return f"coarse_size={self.coarse_size}, fine_size={self.fine_size}, max_tokens={self.max_tokens}"
+        return (
+            f"coarse_size={self.coarse_size}, fine_size={self.fine_size}, max_tokens={self.max_tokens}, "
+            f"budget={self.budget!r}"
+        )

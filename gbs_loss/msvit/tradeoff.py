@@ -8,14 +8,14 @@ tokens. This module checks the claim at laptop scale, on real data that ships of
 * **Data.** scikit-learn's handwritten digits (1,797 real 8x8 scans, split per class into training and
   held-out test digits) are pasted, as ink of a contrasting colour, at random positions of the fine-token
   lattice on small canvases whose backgrounds are smooth crops of scikit-image's photographs
-  (:func:`make_canvases`): the digit covers a few regions, the others carry no information. The digits keep
+  (`make_canvases`): the digit covers a few regions, the others carry no information. The digits keep
   their native resolution (enlarged, they would lose nothing in a coarse token); test canvases use
   photographs never seen in training.
-* **Models.** The library's :class:`~gbs_loss.msvit.MixedScaleViT` with the same architecture in every run:
+* **Models.** The library's `MixedScaleViT` with the same architecture in every run:
   all-fine (every region split), all-coarse (none), a random gate (every region split with a given
-  probability, in training and test) and MSViT (a :class:`~gbs_loss.msvit.MixedScaleGate` trained jointly
+  probability, in training and test) and MSViT (a `MixedScaleGate` trained jointly
   with the ViT by the classifier's cross-entropy through the straight-through mask, plus the Generalized
-  Batch-Shaping loss :func:`~gbs_loss.msvit.msvit_gate_loss` setting the split rate). As MSViT fine-tunes
+  Batch-Shaping loss `msvit_gate_loss` setting the split rate). As MSViT fine-tunes
   pretrained ViTs, every seed first trains one shared backbone on random masks of random split rates, from
   which every model is fine-tuned.
 * **Measure.** Held-out accuracy, mean tokens per image (class token excluded), the measured split rate,
@@ -29,13 +29,13 @@ on the same canvases.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from types import ModuleType
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -46,6 +46,9 @@ from gbs_loss.msvit.gate import MixedScaleGate
 from gbs_loss.msvit.loss import msvit_gate_loss
 from gbs_loss.msvit.tokenizer import mixed_scale_tokens
 from gbs_loss.msvit.vit import MixedScaleViT
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 __all__ = [
     "TEST_BACKGROUNDS",
@@ -73,7 +76,7 @@ TEST_BACKGROUNDS = ("motorcycle", "camera", "colorwheel", "grass")
 _MEAN, _STD = 0.5, 0.25  # normalisation of the [0, 1] canvases before the model
 
 
-def _require(module: str):
+def _require(module: str) -> ModuleType:
     try:
         return __import__(module)
     except ImportError as err:  # pragma: no cover - depends on the environment
@@ -104,7 +107,7 @@ def load_digit_split(test_fraction: float = 0.25, seed: int = 0) -> DigitSplit:
         seed: Seed of the split (the same seed gives the same split).
 
     Returns:
-        A :class:`DigitSplit`; the intensities ``0..16`` of the scans are divided by 16.
+        A `DigitSplit`; the intensities ``0..16`` of the scans are divided by 16.
     """
     if not 0 < test_fraction < 1:
         raise ValueError(f"load_digit_split: test_fraction must be in (0, 1), got {test_fraction}")
@@ -132,7 +135,7 @@ def load_backgrounds(names: tuple[str, ...] | list[str], short_side: int = 48) -
     Crops of these small versions, enlarged to the canvas size, are smooth backgrounds.
 
     Args:
-        names: Photograph names (see :func:`gbs_loss.msvit.demo.load_photo`).
+        names: Photograph names (see `gbs_loss.msvit.demo.load_photo`).
         short_side: Short side in pixels after downscaling.
 
     Returns:
@@ -182,7 +185,7 @@ def make_canvases(
 
     Args:
         digits: ``(B, 8, 8)`` ink intensities in ``[0, 1]``.
-        backgrounds: Photographs from :func:`load_backgrounds`, each at least ``crop_size`` pixels square.
+        backgrounds: Photographs from `load_backgrounds`, each at least ``crop_size`` pixels square.
         generator: Source of all randomness (the same seed gives the same canvases).
         canvas_size: Side of the canvases in pixels.
         digit_sizes: Smallest and largest side of the pasted digits in pixels (inclusive).
@@ -192,7 +195,7 @@ def make_canvases(
             the digit inside the canvas (1: any pixel).
 
     Returns:
-        :class:`Canvases` of ``B`` images.
+        `Canvases` of ``B`` images.
     """
     if digits.dim() != 3 or digits.shape[1:] != (8, 8):
         raise ValueError(f"make_canvases: digits must have shape (B, 8, 8), got {tuple(digits.shape)}")
@@ -278,7 +281,7 @@ class TradeoffConfig:
         spread: Standard deviation of the hyperprior on the per-region split rates.
         temperature_weight: Weight of the L1 term on the priors' temperatures.
         gate_noise: Noise of the gate's logits in training (``"logistic"``: binary-concrete exploration).
-        switch_gradient: Train MSViT with :func:`switch_forward` (the straight-through gradient of switching a
+        switch_gradient: Train MSViT with `switch_forward` (the straight-through gradient of switching a
             region between its coarse and fine tokens) instead of the tokenizer's own straight-through term.
         test_copies: Test canvases per held-out digit (different positions and backgrounds).
         seeds: Seeds of the runs (each seed: its own backbone, training canvases and initialisations).
@@ -378,20 +381,15 @@ def _build_model(cfg: TradeoffConfig, gate: MixedScaleGate | None = None) -> Mix
 
 def _build_gate(cfg: TradeoffConfig, target: float) -> MixedScaleGate:
     """A gate whose fresh output bias splits about ``target`` of the regions (MSViT starts near the target)."""
-    kwargs = {
-        "coarse_size": cfg.coarse_size,
-        "fine_size": cfg.fine_size,
-        "in_channels": 3,
-        "gate_resolution": cfg.coarse_size // 2,
-        "hidden_dims": (32, 32),
-        "noise": cfg.gate_noise,
-    }
-    if "init_rate" in inspect.signature(MixedScaleGate).parameters:
-        return MixedScaleGate(**kwargs, init_rate=target)
-    gate = MixedScaleGate(**kwargs)  # older gates: set the output bias by hand
-    with torch.no_grad():
-        gate.mlp[-1].bias.fill_(math.log(target / (1.0 - target)))
-    return gate
+    return MixedScaleGate(
+        coarse_size=cfg.coarse_size,
+        fine_size=cfg.fine_size,
+        in_channels=3,
+        gate_resolution=cfg.coarse_size // 2,
+        hidden_dims=(32, 32),
+        noise=cfg.gate_noise,
+        init_rate=target,
+    )
 
 
 def _region_overlap(boxes: Tensor, cfg: TradeoffConfig) -> Tensor:
@@ -446,14 +444,14 @@ def switch_forward(model: MixedScaleViT, images: Tensor) -> tuple[Tensor, Tensor
     r"""MSViT's forward pass in training with a straight-through gradient that compares the two choices.
 
     The forward values are exactly those of ``model(images)`` on the padded path. The gradient reaching the
-    gate's decision :math:`m_r` of region :math:`r` differs from the tokenizer's own straight-through term,
-    which scales the chosen tokens by :math:`m_r` or :math:`1 - m_r`: for a kept region that estimates the
+    gate's decision $m_r$ of region $r$ differs from the tokenizer's own straight-through term,
+    which scales the chosen tokens by $m_r$ or $1 - m_r$: for a kept region that estimates the
     effect of *removing* its coarse token, and an informative region then learns to stay coarse, whatever
-    fine tokens would bring. Here every token :math:`t` of region :math:`r` gets
-    :math:`t + (m_r - \operatorname{sg}(m_r))(f_t - c_r)`, where :math:`c_r` is the region's coarse patch
-    embedding and :math:`f_t` the fine patch embedding of the token (the mean of the region's fine patch
+    fine tokens would bring. Here every token $t$ of region $r$ gets
+    $t + (m_r - \operatorname{sg}(m_r))(f_t - c_r)$, where $c_r$ is the region's coarse patch
+    embedding and $f_t$ the fine patch embedding of the token (the mean of the region's fine patch
     embeddings for a coarse token): the first-order effect of *switching* the region between one coarse
-    token and its fine tokens. (Uses the padded execution of :class:`~gbs_loss.msvit.MixedScaleViT`: its
+    token and its fine tokens. (Uses the padded execution of `MixedScaleViT`: its
     ``gate``, ``tokenizer``, ``cls_token``, ``encoder`` and ``head``.)
 
     Args:
@@ -509,7 +507,7 @@ def _train_masks(
     return None
 
 
-def _progress_bar(total: int, enabled: bool, position: int = 0):
+def _progress_bar(total: int, enabled: bool, position: int = 0) -> tqdm | None:
     if not enabled:
         return None
     try:
@@ -534,7 +532,7 @@ def _fit(
     backgrounds: list[Tensor],
     seed: int,
     epochs: int,
-    bar=None,
+    bar: tqdm | None = None,
 ) -> None:
     """Train ``model`` in place: cross-entropy, plus the Generalized Batch-Shaping loss for MSViT."""
     if epochs == 0:
@@ -571,11 +569,13 @@ def _fit(
                 lattice=cfg.lattice,
             )
             b = len(idx)
+            mask: Tensor | None
             if kind == "pretrain":  # every image its own split rate, so that the backbone knows every mix
                 mask = bernoulli_mask(b, cfg.regions, torch.rand(b, generator=mask_gen), mask_gen)
             else:
                 mask = _train_masks(kind, target, b, cfg, mask_gen)
-            split = None
+            soft: Tensor | None = None
+            split: Tensor | None = None
             if kind == "msvit" and cfg.switch_gradient:
                 logits, soft, split = switch_forward(model, _normalise(canvases.images))
             else:
@@ -587,12 +587,12 @@ def _fit(
             if criterion is not None:
                 loss = loss + cfg.shaping_weight * criterion(soft)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is unannotated in torch
             optimizer.step()
             scheduler.step()
             if bar is not None:
                 bar.update(1)
-                if criterion is not None:
+                if split is not None:  # MSViT
                     bar.set_postfix(split=f"{float(split.detach().mean()):.2f}", refresh=False)
     model.eval()
 
@@ -709,7 +709,7 @@ def run_tradeoff(
         jobs: Seeds run in parallel processes (one CPU thread each) when above 1.
 
     Returns:
-        ``(results, test_images, test_labels)``: one :class:`RunResult` per model and seed (seed by seed, in
+        ``(results, test_images, test_labels)``: one `RunResult` per model and seed (seed by seed, in
         the order of the runs), and the first ``keep`` test canvases with their labels.
     """
     if jobs > 1 and len(cfg.seeds) > 1:
@@ -742,7 +742,7 @@ def format_table(results: list[RunResult], full_tokens: int) -> str:
     """The results as a Markdown table, one row per model (mean and spread over the seeds).
 
     Args:
-        results: From :func:`run_tradeoff`.
+        results: From `run_tradeoff`.
         full_tokens: Tokens of an all-fine image, for the relative column.
 
     Returns:

@@ -1,9 +1,9 @@
 r"""End-to-end MSViT examples: the gate and the mixed-scale tokenizer in front of a Vision Transformer.
 
-* :class:`MixedScaleViT` -- a small ViT in plain PyTorch (:class:`torch.nn.TransformerEncoder` with
-  ``src_key_padding_mask``) running on the mixed tokens;
-* :class:`TimmMixedScaleViT` -- the same around a ``timm`` ``VisionTransformer``, reusing its patch embedding,
-  position embedding, class/register tokens, blocks, norms and head (``timm`` is optional).
+* :class:`MixedScaleViT` -- a small ViT in plain PyTorch (the layers of a :class:`torch.nn.TransformerEncoder`)
+  running on the mixed tokens, packed (no compute on padding), padded, or in the per-image budget mode;
+* :class:`~gbs_loss.msvit.timm.TimmMixedScaleViT` -- the same around a ``timm`` ``VisionTransformer``; it lives in
+  :mod:`gbs_loss.msvit.timm` and is re-exported here.
 
 Havtorn, Royer, Blankevoort, Ehteshami Bejnordi, "MSViT: Dynamic Mixed-Scale Tokenization for Vision
 Transformers", ICCV Workshops 2023, arXiv 2307.02321.
@@ -11,17 +11,19 @@ Transformers", ICCV Workshops 2023, arXiv 2307.02321.
 
 from __future__ import annotations
 
-import inspect
-from typing import Any, NamedTuple
+import math
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.utils import checkpoint as _checkpoint
 
-from gbs_loss.msvit._validation import check_patch_sizes, check_positive_int
+from gbs_loss.msvit._packed import packed_layout, run_encoder_layers, unpack
+from gbs_loss.msvit._validation import check_patch_sizes, check_positive_int, resolve_budget
 from gbs_loss.msvit.gate import GateOutput, MixedScaleGate
-from gbs_loss.msvit.tokenizer import MixedScaleTokenizer, MixedTokens, mixed_scale_tokens
+from gbs_loss.msvit.tokenizer import MixedScaleTokenizer, MixedTokens, _mixed_tokens
 
-__all__ = ["MixedScaleViT", "TimmMixedScaleViT", "ViTOutput"]
+__all__ = ["MixedScaleViT", "ViTOutput"]
 
 
 class ViTOutput(NamedTuple):
@@ -55,11 +57,28 @@ class MixedScaleViT(nn.Module):
 
     The gate picks, per coarse region, one coarse token or :math:`(S_c/S_f)^2` fine tokens; the
     :class:`~gbs_loss.msvit.MixedScaleTokenizer` embeds them with the ViT's own patch embedding and position
-    embeddings; a class token is prepended and a pre-norm :class:`torch.nn.TransformerEncoder` runs on the padded
-    batch with ``src_key_padding_mask``, so padding never changes the result of an image (Havtorn et al.,
-    "MSViT", ICCV Workshops 2023, arXiv 2307.02321). In training, the gate's straight-through mask carries the
-    task loss's gradient to the gate; add the Generalized Batch-Shaping loss of ``output.gate.soft``
-    (:func:`~gbs_loss.msvit.msvit_gate_loss`) to control how many regions split.
+    embeddings; a class token is prepended and pre-norm Transformer layers (a :class:`torch.nn.TransformerEncoder`)
+    run on them (Havtorn et al., "MSViT", ICCV Workshops 2023, arXiv 2307.02321). In training, the gate's
+    straight-through mask carries the task loss's gradient to the gate; add the Generalized Batch-Shaping loss of
+    ``output.gate.soft`` (:func:`~gbs_loss.msvit.msvit_gate_loss`) to control how many regions split.
+
+    **Execution** (``execution``; the results agree to float32 rounding):
+
+    * ``"packed"``: no compute on padding. Only the tokens each image has are embedded; the token-wise layers
+      (LayerNorm, QKV and output projections, MLP) run on the ``sum(lengths)`` tokens of the whole batch and
+      attention runs per image (:mod:`gbs_loss.msvit._packed`). One host synchronisation per batch, for the
+      data-dependent token count.
+    * ``"padded"``: every image padded to the longest one (or ``max_tokens``) and
+      :class:`torch.nn.TransformerEncoder` with ``src_key_padding_mask``; no host synchronisation with a fixed
+      ``max_tokens``.
+    * ``"auto"`` (default): ``"padded"`` with a fixed ``max_tokens``, ``"packed"`` otherwise.
+
+    **Budget mode** (``budget``): every image splits exactly its ``k`` most confident regions (the gate's top-k
+    logits, straight-through) and has exactly ``regions + ((Sc / Sf)^2 - 1) k`` tokens (49 + 3k for 224-pixel
+    images, 32 and 16-pixel patches): a dense batch, no padding, no host synchronisation, one graph for
+    ``torch.compile(fullgraph=True)``.
+
+    The parameters (and ``state_dict`` keys) are those of a ``TransformerEncoder`` whatever the execution.
 
     Args:
         num_classes: Number of classes of the linear head.
@@ -70,11 +89,18 @@ class MixedScaleViT(nn.Module):
         embed_dim: Token width :math:`D`.
         depth: Number of encoder layers.
         num_heads: Attention heads; must divide ``embed_dim``.
-        mlp_ratio: Width of the feed-forward layers relative to ``embed_dim``.
-        dropout: Dropout of the encoder layers.
-        gate: The gate; a default :class:`~gbs_loss.msvit.MixedScaleGate` when ``None``.
-        max_tokens: Fixed padded length of the token sequences (no host synchronisation; see
-            :func:`~gbs_loss.msvit.mixed_scale_tokens`), or ``None`` for the batch's largest token count.
+        mlp_ratio: Width of the feed-forward layers relative to ``embed_dim``, a number > 0.
+        dropout: Dropout of the encoder layers, in ``[0, 1)``.
+        gate: The gate; a default :class:`~gbs_loss.msvit.MixedScaleGate` when ``None``. Its ``coarse_size``,
+            ``fine_size`` and ``in_channels`` must match.
+        max_tokens: Fixed padded length of the token sequences (no host synchronisation; images with more tokens
+            un-split their least confident regions, see :func:`~gbs_loss.msvit.mixed_scale_tokens`), or ``None``
+            for the batch's largest token count.
+        budget: Regions to split per image (int) or their fraction (float in ``[0, 1]``): the budget mode above;
+            ``None`` lets the gate threshold every region. Not together with ``max_tokens``.
+        execution: ``"auto"``, ``"packed"`` or ``"padded"`` (see above).
+        attention: Attention of the packed execution: ``"auto"`` (jagged nested tensors on CUDA, padded attention
+            elsewhere), ``"nested"`` or ``"padded"`` (see :func:`gbs_loss.msvit._packed.packed_attention`).
 
     Shape:
         - Input: ``(B, C, image_size, image_size)``; optional mask ``(B, image_size / Sc, image_size / Sc)``.
@@ -91,6 +117,9 @@ class MixedScaleViT(nn.Module):
         >>> loss.backward()
         >>> out.logits.shape, model.gate.mlp[0].weight.grad is not None
         (torch.Size([4, 10]), True)
+        >>> budgeted = MixedScaleViT(num_classes=10, image_size=64, embed_dim=32, depth=2, num_heads=2, budget=1)
+        >>> budgeted(images).tokens.lengths.tolist()  # 4 regions, one of them split in every image
+        [7, 7, 7, 7]
     """
 
     def __init__(
@@ -107,6 +136,9 @@ class MixedScaleViT(nn.Module):
         dropout: float = 0.0,
         gate: MixedScaleGate | None = None,
         max_tokens: int | None = None,
+        budget: int | float | None = None,
+        execution: Literal["auto", "packed", "padded"] = "auto",
+        attention: Literal["auto", "nested", "padded"] = "auto",
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -124,14 +156,39 @@ class MixedScaleViT(nn.Module):
             raise ValueError(f"{owner}: image_size must be a multiple of coarse_size={coarse_size}, got {image_size}")
         if embed_dim % num_heads:
             raise ValueError(f"{owner}: num_heads must divide embed_dim={embed_dim}, got {num_heads}")
+        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)):
+            raise TypeError(
+                f"{owner}: mlp_ratio must be a number > 0 (e.g. 4.0), got {type(mlp_ratio).__name__} {mlp_ratio!r}"
+            )
+        if not (math.isfinite(mlp_ratio) and mlp_ratio > 0 and int(embed_dim * mlp_ratio) >= 1):
+            raise ValueError(
+                f"{owner}: mlp_ratio must be a finite number > 0 with int(embed_dim * mlp_ratio) >= 1, got "
+                f"{mlp_ratio!r}"
+            )
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
+            raise TypeError(f"{owner}: dropout must be a number in [0, 1), got {type(dropout).__name__} {dropout!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"{owner}: dropout must be a number in [0, 1), got {dropout!r}")
+        if max_tokens is not None:
+            check_positive_int(owner, "max_tokens", max_tokens)
+        regions = (image_size // coarse_size) ** 2
+        resolve_budget(owner, budget, regions)
+        if budget is not None and max_tokens is not None:
+            raise ValueError(
+                f"{owner}: give budget or max_tokens, not both (got budget={budget!r}, max_tokens={max_tokens})"
+            )
+        if execution not in ("auto", "packed", "padded"):
+            raise ValueError(f"{owner}: execution must be 'auto', 'packed' or 'padded', got {execution!r}")
+        if attention not in ("auto", "nested", "padded"):
+            raise ValueError(f"{owner}: attention must be 'auto', 'nested' or 'padded', got {attention!r}")
         if gate is None:
             gate = MixedScaleGate(coarse_size, fine_size, in_channels)
         elif not isinstance(gate, MixedScaleGate):
             raise TypeError(f"{owner}: gate must be a MixedScaleGate or None, got {type(gate).__name__}")
-        elif gate.coarse_size != coarse_size or gate.in_channels != in_channels:
+        elif (gate.coarse_size, gate.fine_size, gate.in_channels) != (coarse_size, fine_size, in_channels):
             raise ValueError(
-                f"{owner}: the gate has coarse_size={gate.coarse_size} and in_channels="
-                f"{gate.in_channels}, expected {coarse_size} and {in_channels}"
+                f"{owner}: the gate has coarse_size={gate.coarse_size}, fine_size={gate.fine_size} and in_channels="
+                f"{gate.in_channels}, expected {coarse_size}, {fine_size} and {in_channels}"
             )
         self.gate = gate
         grid = image_size // fine_size
@@ -158,188 +215,101 @@ class MixedScaleViT(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, depth, norm=nn.LayerNorm(embed_dim), enable_nested_tensor=False)
         self.head = nn.Linear(embed_dim, num_classes)
         self.image_size = image_size
+        self.budget = budget
+        self.execution = execution
+        self.attention = attention
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute every encoder layer in the backward pass (less memory, more time), as timm's models do."""
+        self.grad_checkpointing = bool(enable)
+
+    def _mode(self) -> str:
+        if self.execution != "auto":
+            return self.execution
+        return "padded" if self.tokenizer.max_tokens is not None and self.budget is None else "packed"
 
     def forward(self, images: Tensor, mask: Tensor | None = None) -> ViTOutput:
         """Classify a batch of images on mixed-scale tokens.
 
         Args:
             images: Images ``(B, C, image_size, image_size)``.
-            mask: Split decisions to use instead of the gate's (e.g. all ones for an all-fine ViT).
+            mask: Split decisions to use instead of the gate's (e.g. all ones for an all-fine ViT); in budget
+                mode it must split exactly the budget's count of regions in every image.
 
         Returns:
-            A :class:`ViTOutput`.
+            A :class:`ViTOutput`; ``features`` is in the padded layout of ``tokens`` whatever the execution.
         """
-        gate_out, mask = _gate_and_mask(self.gate, images, mask)
-        tokens = self.tokenizer(images, mask)
-        b = images.shape[0]
-        x = torch.cat([self.cls_token.expand(b, -1, -1).to(tokens.tokens.dtype), tokens.tokens], dim=1)
-        padding = torch.cat([tokens.padding_mask.new_zeros(b, 1), tokens.padding_mask], dim=1)
-        x = self.encoder(x, src_key_padding_mask=padding)
-        return ViTOutput(self.head(x[:, 0]), x[:, 1:], gate_out, tokens)
-
-
-def _identity(x: Tensor) -> Tensor:
-    return x
-
-
-def _accepts_attn_mask(block: nn.Module) -> bool:
-    try:
-        return "attn_mask" in inspect.signature(block.forward).parameters
-    except (TypeError, ValueError):  # pragma: no cover - exotic callables
-        return False
-
-
-class TimmMixedScaleViT(nn.Module):
-    r"""MSViT around a ``timm`` ``VisionTransformer``: its own embeddings, blocks and head on mixed-scale tokens.
-
-    The fine patch embedding is the ViT's ``patch_embed.proj`` (with ``patch_embed.norm``), the fine
-    position-embedding grid is ``pos_embed`` without its class-token entries (whose entries go to the class and
-    register tokens, as in timm); coarse tokens are built as in :func:`~gbs_loss.msvit.mixed_scale_tokens`.
-    The blocks get an additive attention mask that hides the padding when they accept ``attn_mask`` (recent
-    timm); otherwise every image runs alone at its own length (one host synchronisation per batch). Pooling
-    ``"token"`` takes the class token, ``"avg"`` averages the real (non-padding) patch tokens; patch dropout is
-    not applied. Havtorn et al., "MSViT", ICCV Workshops 2023, arXiv 2307.02321.
-
-    ``timm`` is an optional dependency: ``pip install timm``. With an all-fine mask and in evaluation mode the
-    output equals ``vit(images)``.
-
-    Args:
-        vit: A ``timm.models.vision_transformer.VisionTransformer`` with a fixed image size
-            (``dynamic_img_size=False``), a ``Conv2d`` patch embedding and ``global_pool`` ``"token"`` or
-            ``"avg"``.
-        gate: The gate; a default :class:`~gbs_loss.msvit.MixedScaleGate` when ``None``.
-        coarse_size: Side of a coarse patch in pixels; twice the ViT's patch size when ``None``.
-        max_tokens: Fixed padded length of the token sequences, or ``None`` (see
-            :func:`~gbs_loss.msvit.mixed_scale_tokens`).
-
-    Shape:
-        - Input: ``(B, C, H, W)`` at the ViT's image size; optional mask ``(B, H / Sc, W / Sc)``.
-        - Output: :class:`ViTOutput`.
-
-    Example:
-        >>> import torch
-        >>> import timm  # doctest: +SKIP
-        >>> from gbs_loss.msvit import TimmMixedScaleViT
-        >>> vit = timm.create_model("vit_small_patch16_224", num_classes=10)  # doctest: +SKIP
-        >>> model = TimmMixedScaleViT(vit)  # doctest: +SKIP
-        >>> model(torch.randn(2, 3, 224, 224)).logits.shape  # doctest: +SKIP
-        torch.Size([2, 10])
-    """
-
-    def __init__(
-        self,
-        vit: nn.Module,
-        gate: MixedScaleGate | None = None,
-        coarse_size: int | None = None,
-        max_tokens: int | None = None,
-    ) -> None:
-        super().__init__()
         owner = type(self).__name__
-        patch_embed = getattr(vit, "patch_embed", None)
-        proj = getattr(patch_embed, "proj", None)
-        if not isinstance(proj, nn.Conv2d):
-            raise TypeError(
-                f"{owner}: vit must be a timm VisionTransformer whose patch_embed.proj is an "
-                f"nn.Conv2d, got {type(vit).__name__} with patch_embed.proj "
-                f"{type(proj).__name__}"
-            )
-        if getattr(vit, "dynamic_img_size", False):
+        if isinstance(images, Tensor) and images.dim() == 4 and tuple(images.shape[-2:]) != (self.image_size,) * 2:
             raise ValueError(
-                f"{owner}: vit must have a fixed image size (dynamic_img_size=False), got dynamic_img_size=True"
+                f"{owner}: images must be {self.image_size}x{self.image_size} (the image_size the model was built "
+                f"for, which fixes its position embeddings), got {images.shape[-2]}x{images.shape[-1]}"
             )
-        stride = tuple(proj.stride)
-        if stride[0] != stride[1] or tuple(proj.kernel_size) != stride:
-            raise ValueError(
-                f"{owner}: the patch embedding must have square, non-overlapping patches, got "
-                f"kernel_size={tuple(proj.kernel_size)} and stride={stride}"
-            )
-        fine_size = stride[0]
-        coarse_size = 2 * fine_size if coarse_size is None else coarse_size
-        check_patch_sizes(owner, coarse_size, fine_size)
-        pool = getattr(vit, "global_pool", "token")
-        if pool not in ("token", "avg") or getattr(vit, "attn_pool", None) is not None:
-            raise ValueError(f"{owner}: vit.global_pool must be 'token' or 'avg', got {pool!r}")
-        if gate is None:
-            gate = MixedScaleGate(coarse_size, fine_size, proj.in_channels)
-        elif not isinstance(gate, MixedScaleGate):
-            raise TypeError(f"{owner}: gate must be a MixedScaleGate or None, got {type(gate).__name__}")
-        if max_tokens is not None:
-            check_positive_int(owner, "max_tokens", max_tokens)
-        self.vit = vit
-        self.gate = gate
-        self.coarse_size = coarse_size
-        self.fine_size = fine_size
-        self.max_tokens = max_tokens
-        self.masked_blocks = all(_accepts_attn_mask(block) for block in vit.blocks)
-
-    def _module(self, name: str) -> Any:
-        """An optional layer of the timm model (``norm_pre``, ``fc_norm``, ...), the identity where it has none."""
-        module = getattr(self.vit, name, None)
-        return _identity if module is None else module
-
-    def _prefix(self, b: int) -> tuple[Tensor | None, int]:
-        """Class and register tokens (with their position embeddings when timm adds them) and their count."""
-        vit = self.vit
-        parts = [
-            t.expand(b, -1, -1)
-            for t in (getattr(vit, "cls_token", None), getattr(vit, "reg_token", None))
-            if t is not None
-        ]
-        if not parts:
-            return None, 0
-        prefix = torch.cat(parts, dim=1)
-        count = prefix.shape[1]
-        if vit.pos_embed is not None and not getattr(vit, "no_embed_class", False):
-            prefix = prefix + vit.pos_embed[:, :count]
-        return prefix, count
-
-    def forward(self, images: Tensor, mask: Tensor | None = None) -> ViTOutput:
-        """Classify a batch of images on mixed-scale tokens with the timm ViT's own layers.
-
-        Args:
-            images: Images ``(B, C, H, W)`` at the ViT's image size.
-            mask: Split decisions to use instead of the gate's.
-
-        Returns:
-            A :class:`ViTOutput`.
-        """
-        vit = self.vit
-        gate_out, mask = _gate_and_mask(self.gate, images, mask)
-        b = images.shape[0]
-        prefix, count = self._prefix(b)
-        pos = vit.pos_embed
-        if pos is not None and not getattr(vit, "no_embed_class", False):
-            pos = pos[:, count:]
-        tokens = mixed_scale_tokens(
+        budget = self.budget
+        scores = None
+        if mask is None:
+            gate_out = self.gate(images, budget=budget)
+            mask, scores = gate_out.mask, gate_out.logits
+        else:
+            gate_out = None
+        mode = self._mode()
+        tok = self.tokenizer
+        tokens, packed, layout = _mixed_tokens(
             images,
             mask,
-            vit.patch_embed.proj,
-            pos,
-            coarse_size=self.coarse_size,
-            fine_size=self.fine_size,
-            embed_norm=getattr(vit.patch_embed, "norm", None),
-            max_tokens=self.max_tokens,
+            tok.patch_embed,
+            tok.pos_embed,
+            coarse_size=tok.coarse_size,
+            fine_size=tok.fine_size,
+            embed_norm=tok.embed_norm,
+            max_tokens=None if budget is not None else tok.max_tokens,
+            budget=budget,
+            scores=scores,
+            packed=mode == "packed",
+            owner=owner,
         )
-        x = tokens.tokens if prefix is None else torch.cat([prefix.to(tokens.tokens.dtype), tokens.tokens], 1)
-        x = self._module("norm_pre")(self._module("pos_drop")(x))
-        padding = torch.cat([tokens.padding_mask.new_zeros(b, count), tokens.padding_mask], dim=1)
-        if self.masked_blocks:
-            bias = torch.zeros(padding.shape, dtype=x.dtype, device=x.device).masked_fill(padding, float("-inf"))
-            bias = bias[:, None, None, :]
-            for block in vit.blocks:
-                x = block(x, attn_mask=bias)
+        b = images.shape[0]
+        cls = self.cls_token.to(tokens.tokens.dtype)
+        if mode == "padded":
+            x = torch.cat([cls.expand(b, -1, -1), tokens.tokens], dim=1)
+            padding = torch.cat([tokens.padding_mask.new_zeros(b, 1), tokens.padding_mask], dim=1)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                for layer in self.encoder.layers:
+                    x = _checkpoint.checkpoint(layer, x, src_key_padding_mask=padding, use_reentrant=False)
+                x = self.encoder.norm(x)
+            else:
+                x = self.encoder(x, src_key_padding_mask=padding)
+            return ViTOutput(self.head(x[:, 0]), x[:, 1:], gate_out, tokens)
+        assert packed is not None and layout is not None
+        d = packed.shape[-1]
+        t = layout.length
+        if layout.dense:  # every image has the same length: a dense batch
+            x = torch.cat([cls.expand(b, -1, -1), packed.view(b, t, d)], dim=1).reshape(b * (t + 1), d)
+            with_cls = packed_layout(layout.lengths + 1, t + 1, b * (t + 1))
         else:
-            rows = []
-            for i, length in enumerate((tokens.lengths + count).tolist()):  # one synchronisation per batch
-                row = vit.blocks(x[i : i + 1, :length])
-                rows.append(torch.cat([row, row.new_zeros(1, x.shape[1] - length, row.shape[2])], dim=1))
-            x = torch.cat(rows, dim=0)
-        x = self._module("norm")(x)
-        features = x[:, count:]
-        if vit.global_pool == "token":
-            pooled = x[:, 0]
-        else:
-            keep = (~tokens.padding_mask).unsqueeze(-1).to(x.dtype)
-            pooled = (features * keep).sum(1) / keep.sum(1).clamp(min=1.0)
-        pooled = self._module("head_drop")(self._module("fc_norm")(pooled))
-        return ViTOutput(vit.head(pooled), features, gate_out, tokens)
+            with_cls = packed_layout(layout.lengths + 1, t + 1, layout.total + b)
+            token_slot = torch.arange(layout.total, device=packed.device) + layout.image + 1
+            x = packed.new_zeros(layout.total + b, d).index_copy(0, token_slot, packed)
+            x = x.index_copy(0, with_cls.offsets[:-1], cls.reshape(1, d).expand(b, d))
+        x = run_encoder_layers(
+            self.encoder.layers, x, with_cls, checkpoint=self.grad_checkpointing, attention=self.attention
+        )
+        x = self.encoder.norm(x)
+        if layout.dense:
+            x = x.view(b, t + 1, d)
+            return ViTOutput(self.head(x[:, 0]), x[:, 1:], gate_out, tokens)
+        features = unpack(x.index_select(0, token_slot), layout)
+        return ViTOutput(self.head(x.index_select(0, with_cls.offsets[:-1])), features, gate_out, tokens)
+
+    def extra_repr(self) -> str:
+        return f"image_size={self.image_size}, budget={self.budget!r}, execution={self.execution!r}"
+
+
+def __getattr__(name: str) -> Any:
+    # TimmMixedScaleViT moved to gbs_loss.msvit.timm; kept importable from here (lazily, to avoid an import cycle).
+    if name == "TimmMixedScaleViT":
+        from gbs_loss.msvit.timm import TimmMixedScaleViT
+
+        return TimmMixedScaleViT
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
