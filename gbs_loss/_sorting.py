@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -54,7 +55,7 @@ def _measured_backend(threads: int) -> str:
     keys = torch.randint(-(2**62), 2**62, (256, 192), generator=torch.Generator().manual_seed(0))
     array = keys.numpy()
 
-    def best(fn) -> float:
+    def best(fn: Callable[[], object]) -> float:
         times = []
         for _ in range(3):
             start = time.perf_counter()

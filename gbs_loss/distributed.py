@@ -33,8 +33,10 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _SHAPE_SLOTS = 8  # dimensions of the positions compared across processes (besides their count and product)
 
 # torch >= 2.10 names the single-tensor collectives *_single; older releases call them *_tensor.
-_all_gather_single = getattr(dist, "all_gather_single", None) or getattr(dist, "all_gather_into_tensor", None)
-_reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or getattr(dist, "reduce_scatter_tensor", None)
+_all_gather_single: Any = getattr(dist, "all_gather_single", None) or getattr(dist, "all_gather_into_tensor", None)
+_reduce_scatter_single: Any = getattr(dist, "reduce_scatter_single", None) or getattr(
+    dist, "reduce_scatter_tensor", None
+)
 
 
 def _check_group(process_group: Any) -> None:
@@ -87,7 +89,7 @@ class _GatherBatch(torch.autograd.Function):
     """All-gather along dim 0 (batch first, contiguous); the backward reduce-scatters the gradient."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, group: Any, sizes: list[int], rank: int) -> Tensor:
+    def forward(ctx: Any, x: Tensor, group: Any, sizes: list[int], rank: int) -> Tensor:
         world = len(sizes)
         most = max(sizes)
         ctx.group, ctx.sizes, ctx.rank = group, sizes, rank
@@ -102,7 +104,7 @@ class _GatherBatch(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
         sizes, rank = ctx.sizes, ctx.rank
         world = len(sizes)
         most = max(sizes)
@@ -208,5 +210,5 @@ def gather_batch(
         sizes = [batch_first.shape[0]] * world
     else:
         sizes = _exchange_sizes(batch_first, process_group, world, name)
-    out = _GatherBatch.apply(batch_first, process_group, sizes, rank)
+    out: Tensor = _GatherBatch.apply(batch_first, process_group, sizes, rank)  # type: ignore[no-untyped-call]
     return out.movedim(0, dim)

@@ -11,65 +11,72 @@ turn with a hyperprior (:func:`hyperprior_loss`).
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import torch
+import torch.distributions as td
 from torch import Tensor
 
 from gbs_loss import _sorting
+from gbs_loss._coerce import check_bool
+from gbs_loss._dtypes import LOW_PRECISION, compute_dtype, saturating_cast
 from gbs_loss._shapes import broadcast_shapes
 from gbs_loss.distributed import _check_group, gather_batch
-from gbs_loss.priors import (
-    Normal,
-    Prior,
-    RelaxedBernoulli,
-    _normal_cdf,
-    _normal_cdf_grads,
-    _relaxed_bernoulli_cdf,
-    _relaxed_bernoulli_cdf_grads,
-    _SaturatingCast,
-    _within,
-)
+from gbs_loss.priors import Beta, CdfKernel, ClosedFormCdf, Prior, RelaxedBernoulli, _within, make_reduce
 
-__all__ = ["batch_shaping_loss", "hyperprior_loss"]
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
-Reduction = Literal["none", "mean", "sum"]
+__all__ = ["ProcessGroupArg", "Reduction", "batch_shaping_loss", "hyperprior_loss"]
+
+#: How a loss reduces its per-position values.
+Reduction: TypeAlias = Literal["none", "mean", "sum"]
+#: A process group to gather over, ``None`` for the default group.
+ProcessGroupArg: TypeAlias = "ProcessGroup | None"
 _REDUCTIONS = ("none", "mean", "sum")
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Argument checks shared by the functions and the modules.
 # ----------------------------------------------------------------------------------------------------------
 def _check_options(
-    prior: Any,
-    dim: Any,
-    ties: Any,
-    reduction: Any,
-    validate_args: Any,
+    prior: object,
+    dim: object,
+    ties: object,
+    reduction: object,
+    validate_args: object,
     prior_name: str = "prior",
     check_prior: bool = True,
 ) -> None:
     """Check the options that do not depend on the input (shared with the modules' constructors)."""
-    if check_prior and not callable(getattr(prior, "cdf", None)):
+    if check_prior:
+        _check_prior(prior, prior_name)
+    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
+        raise TypeError(f"dim must be an int or None, got {type(dim).__name__}")
+    check_bool(ties, "ties")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    check_bool(validate_args, "validate_args")
+
+
+def _check_prior(prior: object, prior_name: str) -> None:
+    """A prior instance with a ``cdf`` method (the :class:`~gbs_loss.priors.Prior` protocol)."""
+    if isinstance(prior, type):
+        example = f"{prior.__name__}(0.6, 0.4)" if issubclass(prior, td.Beta) else f"{prior.__name__}(...)"
+        raise TypeError(
+            f"{prior_name} must be a distribution instance with a differentiable cdf, got the class "
+            f"{prior.__name__} itself; create one with its parameters, e.g. {example}"
+        )
+    if not callable(getattr(prior, "cdf", None)):
         raise TypeError(
             f"{prior_name} must be an object with a differentiable cdf method (for example "
             f"gbs_loss.priors.Beta(0.6, 0.4)), got {type(prior).__name__}"
         )
-    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
-        raise TypeError(f"dim must be an int or None, got {type(dim).__name__}")
-    if not isinstance(ties, bool):
-        raise TypeError(f"ties must be a bool, got {type(ties).__name__}")
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    if not isinstance(validate_args, bool):
-        raise TypeError(f"validate_args must be a bool, got {type(validate_args).__name__}")
 
 
-def _check_distributed(distributed: Any, process_group: Any) -> None:
+def _check_distributed(distributed: object, process_group: object) -> None:
     """Check the distributed options (shared with the modules' constructors)."""
-    if not isinstance(distributed, bool):
-        raise TypeError(f"distributed must be a bool, got {type(distributed).__name__}")
+    check_bool(distributed, "distributed")
     if process_group is not None:
         if not distributed:
             raise ValueError(
@@ -78,7 +85,9 @@ def _check_distributed(distributed: Any, process_group: Any) -> None:
         _check_group(process_group)
 
 
-def _check_input(x: Any, dim: int | None, validate_args: bool, name: str = "x", check_batch: bool = True) -> int | None:
+def _check_input(
+    x: object, dim: int | None, validate_args: bool, name: str = "x", check_batch: bool = True
+) -> int | None:
     """Check the input tensor; return ``dim`` normalised to a non-negative index (or None).
 
     With ``check_batch=False`` the batch size and the values are left to :func:`_check_batch` (for a batch
@@ -125,6 +134,16 @@ def _check_batch(
         )
     if not validate_args or x.device.type == "meta":  # a meta tensor has no values to check
         return
+    if torch.compiler.is_compiling():
+        # No host read under torch.compile: an asynchronous device assertion (a RuntimeError when it fails).
+        if support is None:
+            torch._assert_async(torch.isfinite(x).all(), f"{name}{where} must be finite (validate_args=True)")
+        else:
+            lo, hi = support
+            torch._assert_async(
+                ((x >= lo) & (x <= hi)).all(), f"{name}{where} must lie in [{lo:g}, {hi:g}] (validate_args=True)"
+            )
+        return
     if support is None:
         if _within(x, -math.inf, math.inf, closed=False):  # NaN fails
             return
@@ -137,6 +156,7 @@ def _check_batch(
             f"{name}{where} must be finite, got {int(nonfinite.sum())} NaN or infinite value(s) in a tensor of "
             f"shape {tuple(x.shape)} (pass validate_args=False to skip this check)"
         )
+    assert support is not None  # the finite case returned above
     bad = ~ok
     first = x.detach()[bad].reshape(-1)[0].item()
     raise ValueError(
@@ -147,11 +167,11 @@ def _check_batch(
 
 
 def _prepare_batch(
-    x: Any,
+    x: object,
     dim: int | None,
     validate_args: bool,
     distributed: bool,
-    process_group: Any,
+    process_group: ProcessGroupArg,
     name: str = "x",
     support: tuple[float, float] | None = None,
 ) -> tuple[Tensor, int | None]:
@@ -162,6 +182,7 @@ def _prepare_batch(
     must be equal and nothing synchronises with the host.
     """
     dim = _check_input(x, dim, validate_args, name, check_batch=False)
+    assert isinstance(x, Tensor)  # checked above
     if not distributed:
         _check_batch(x, dim, validate_args, name, support=support)
         return x, dim
@@ -175,7 +196,7 @@ def _prepare_batch(
     return x, dim
 
 
-def _check_prior_shape(prior: Any, positions: torch.Size, prior_name: str = "prior") -> None:
+def _check_prior_shape(prior: object, positions: torch.Size, prior_name: str = "prior") -> None:
     """The prior's parameters must broadcast to the positions without enlarging them."""
     batch_shape = getattr(prior, "batch_shape", None)
     if batch_shape is None:
@@ -205,7 +226,7 @@ class _SortValues(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, dim: int, nonnegative: bool = False) -> Tensor:
+    def forward(ctx: Any, x: Tensor, dim: int, nonnegative: bool = False) -> Tensor:
         values, indices = _sorting.sort(x, dim, nonnegative)
         ctx.save_for_backward(indices)
         ctx.dim = dim
@@ -213,7 +234,7 @@ class _SortValues(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
         (indices,) = ctx.saved_tensors
         return torch.empty_like(grad).scatter_(ctx.dim, indices, grad), None, None
 
@@ -235,6 +256,25 @@ def _largest_ranks(xs: Tensor) -> Tensor:
 _REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}  # ATen's Reduction enum, for mse_loss_backward
 
 
+def _fused_forward(
+    x: Tensor, dim: int, reduction: str, nonnegative: bool, kernel: CdfKernel, params: tuple[Tensor, ...]
+) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
+    """The forward of :class:`_FusedShaping`: ``(loss, indices, cdf, ecdf, saved)``."""
+    xs, indices = _sorting.sort(x, dim, nonnegative)
+    n = x.shape[dim]
+    cdf, saved = kernel.cdf(xs, *params)
+    shape = [1] * x.dim()
+    shape[dim] = n
+    ecdf = torch.arange(1, n + 1, dtype=cdf.dtype, device=cdf.device).div_(n + 1).reshape(shape).expand_as(cdf)
+    if reduction == "none":
+        loss = torch.nn.functional.mse_loss(cdf, ecdf, reduction="none").mean(dim)
+    elif reduction == "sum":
+        loss = torch.nn.functional.mse_loss(cdf, ecdf, reduction="sum") / n
+    else:
+        loss = torch.nn.functional.mse_loss(cdf, ecdf, reduction="mean")
+    return loss, indices, cdf, ecdf, saved
+
+
 class _FusedShaping(torch.autograd.Function):
     r"""The Batch-Shaping loss of one of this library's closed-form priors as one autograd node.
 
@@ -243,24 +283,17 @@ class _FusedShaping(torch.autograd.Function):
     values the general path spends about as long on the bookkeeping around its small tensors as on the sort
     itself. The loss is computed in the layout of ``x`` (the batch along ``dim``): nothing is transposed.
 
-    ``kernel`` is ``(cdf, cdf_grads)`` from :data:`_FUSED_PRIORS`; ``params`` have ``x.dim()`` dimensions
-    (size 1 along ``dim``) and broadcast against ``x``.
+    ``kernel`` is the prior's :class:`~gbs_loss.priors.CdfKernel` (from its ``closed_form_cdf()``, the same code
+    as its ``cdf``); ``params`` have ``x.dim()`` dimensions (size 1 along ``dim``) or none, and broadcast
+    against ``x``.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, dim: int, reduction: str, nonnegative: bool, kernel, *params: Tensor) -> Tensor:
-        xs, indices = _sorting.sort(x, dim, nonnegative)
+    def forward(
+        ctx: Any, x: Tensor, dim: int, reduction: str, nonnegative: bool, kernel: CdfKernel, *params: Tensor
+    ) -> Tensor:
+        loss, indices, cdf, ecdf, saved = _fused_forward(x, dim, reduction, nonnegative, kernel, params)
         n = x.shape[dim]
-        cdf, saved = kernel[0](xs, *params)
-        shape = [1] * x.dim()
-        shape[dim] = n
-        ecdf = torch.arange(1, n + 1, dtype=cdf.dtype, device=cdf.device).div_(n + 1).reshape(shape).expand_as(cdf)
-        if reduction == "none":
-            loss = torch.nn.functional.mse_loss(cdf, ecdf, reduction="none").mean(dim)
-        elif reduction == "sum":
-            loss = torch.nn.functional.mse_loss(cdf, ecdf, reduction="sum") / n
-        else:
-            loss = torch.nn.functional.mse_loss(cdf, ecdf, reduction="mean")
         ctx.save_for_backward(indices, cdf, ecdf, *saved)
         ctx.dim, ctx.reduction, ctx.n, ctx.kernel = dim, reduction, n, kernel
         ctx.shapes = tuple(p.shape for p in params)
@@ -269,7 +302,7 @@ class _FusedShaping(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         indices, cdf, ecdf, *saved = ctx.saved_tensors
         dim, reduction, n = ctx.dim, ctx.reduction, ctx.n
         # dL/dF = 2 (F - ecdf) g / M (mean), 2 (F - ecdf) g / n (sum; "none": per position).
@@ -280,19 +313,9 @@ class _FusedShaping(torch.autograd.Function):
         else:
             g_cdf = torch.ops.aten.mse_loss_backward(grad, cdf, ecdf, _REDUCTION_CODES["mean"])
         needs = (ctx.needs_input_grad[0], *ctx.needs_input_grad[5:])
-        gxs, *gparams = ctx.kernel[1](g_cdf, tuple(saved), ctx.shapes, ctx.dtypes, needs)
+        gxs, *gparams = ctx.kernel.grads(g_cdf, tuple(saved), needs, make_reduce(ctx.shapes, ctx.dtypes))
         gx = None if gxs is None else torch.empty_like(gxs).scatter_(dim, indices, gxs)
         return (gx, None, None, None, None, *gparams)
-
-
-# Priors whose loss takes the fused path: how to get their parameters, and their CDF and its gradients.
-_FUSED_PRIORS = {
-    RelaxedBernoulli: (
-        lambda prior: (prior.temperature, prior.logits),
-        (_relaxed_bernoulli_cdf, _relaxed_bernoulli_cdf_grads),
-    ),
-    Normal: (lambda prior: (prior.loc, prior.scale), (_normal_cdf, _normal_cdf_grads)),
-}
 
 
 def _in_layout(param: Tensor, positions: int, dim: int) -> Tensor:
@@ -305,21 +328,108 @@ def _in_layout(param: Tensor, positions: int, dim: int) -> Tensor:
     return param.reshape((1,) * (positions - param.dim()) + tuple(param.shape)).unsqueeze(dim)
 
 
-def _fused_loss(x: Tensor, prior: Prior, dim: int, reduction: str, nonnegative: bool, name: str) -> Tensor:
+def _closed_form(prior: object) -> ClosedFormCdf | None:
+    """The prior's closed-form CDF if it has one (the capability that selects the fused path), else ``None``."""
+    method = getattr(prior, "closed_form_cdf", None)
+    if method is None:
+        return None
+    closed = method()
+    return closed if isinstance(closed, ClosedFormCdf) else None
+
+
+def _support_bounds(prior: object) -> tuple[float, float]:
+    """The closed bounds of the prior's ``support`` (a torch constraint), infinite where unknown."""
+    support = getattr(prior, "support", None)
+    lo = getattr(support, "lower_bound", -math.inf)
+    hi = getattr(support, "upper_bound", math.inf)
+    return (
+        (float(lo), float(hi))
+        if isinstance(lo, (int, float)) and isinstance(hi, (int, float))
+        else (-math.inf, math.inf)
+    )
+
+
+def _validates(prior: object) -> bool:
+    """Whether a prior checks its points (torch's ``_validate_args``)."""
+    return bool(getattr(prior, "_validate_args", False))
+
+
+def _fused_loss(
+    x: Tensor, prior: object, closed: ClosedFormCdf, dim: int, reduction: str, nonnegative: bool, name: str
+) -> Tensor:
     """The loss through :class:`_FusedShaping` (tied samples ranked in the fixed order of the sort)."""
-    get_params, kernel = _FUSED_PRIORS[type(prior)]
     positions = x.shape[:dim] + x.shape[dim + 1 :]
     _check_prior_shape(prior, positions, name)
-    x = prior._prepare(x, "x", check_support=True)  # dtype promotion and, with validate_args, the support
-    params = tuple(_in_layout(p, len(positions), dim) for p in get_params(prior))
-    lo, hi = prior.support
-    nonnegative = nonnegative or (prior.validate_args and lo >= 0 and hi <= 1)
-    return _FusedShaping.apply(x, dim, reduction, nonnegative, kernel, *params)
+    lo, hi = _support_bounds(prior)
+    validate = _validates(prior)
+    prepare = getattr(prior, "_prepare", None)
+    if prepare is not None:
+        x = prepare(x)  # dtype promotion and, with validation, the support (with the prior's own message)
+    else:
+        x = saturating_cast(x, compute_dtype(x, *closed.params))
+        if validate:
+            _check_support(x, prior, "x", "prior")
+    params = tuple(_in_layout(p, len(positions), dim) for p in closed.params)
+    nonnegative = nonnegative or (validate and lo >= 0 and hi <= 1)
+    if not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))):
+        # Nothing to differentiate: the forward alone, without an autograd node (which dynamo cannot trace
+        # when no input requires a gradient).
+        return _fused_forward(x, dim, reduction, nonnegative, closed.kernel, params)[0]
+    out: Tensor = _FusedShaping.apply(x, dim, reduction, nonnegative, closed.kernel, *params)  # type: ignore[no-untyped-call]
+    return out
+
+
+def _check_support(x: Tensor, prior: object, name: str, owner: str) -> None:
+    """``x`` inside the prior's closed support (and not NaN); an assertion on the device under compile.
+
+    ``owner`` names the prior in the message; ``"hyperprior"`` adds the hyperprior's repr (eagerly only: the
+    repr reads parameter values).
+    """
+    lo, hi = _support_bounds(prior)
+    expected = f"inside the support [{lo:g}, {hi:g}] of the {owner}"
+    if torch.compiler.is_compiling():
+        torch._assert_async(((x >= lo) & (x <= hi)).all(), f"{name} must be {expected} (and not NaN)")
+        return
+    if x.device.type == "meta" or _within(x, lo, hi):
+        return
+    bad = ~((x >= lo) & (x <= hi))
+    first = x.detach()[bad].reshape(-1)[0].item()
+    raise ValueError(
+        f"{name} must be {expected} {prior!r} (and not NaN), got {int(bad.sum())} value(s) outside (for example "
+        f"{first:g}) in a tensor of shape {tuple(x.shape)}"
+    )
+
+
+def _as_prior(prior: object) -> object:
+    """The prior, with a plain :class:`torch.distributions.Beta` or ``RelaxedBernoulli`` (no ``cdf`` in torch)
+    replaced by this library's subclass with the same parameters (gradients still reach them)."""
+    if isinstance(prior, td.Beta) and not isinstance(prior, Beta) and type(prior).cdf is td.Distribution.cdf:
+        return Beta(prior.concentration1, prior.concentration0, validate_args=_validates(prior))
+    if (
+        isinstance(prior, td.RelaxedBernoulli)
+        and not isinstance(prior, RelaxedBernoulli)
+        and type(prior).cdf is td.TransformedDistribution.cdf
+    ):
+        return RelaxedBernoulli(logits=prior.logits, temperature=prior.temperature, validate_args=_validates(prior))
+    return prior
+
+
+def _cdf(prior: Prior, xs: Tensor, prior_name: str) -> Tensor:
+    """``prior.cdf(xs)``, with a clear error when the prior has no CDF."""
+    try:
+        return prior.cdf(xs)
+    except NotImplementedError as err:
+        raise TypeError(
+            f"{prior_name} {type(prior).__module__}.{type(prior).__qualname__} has no cdf (it raised "
+            f"NotImplementedError{': ' + str(err) if str(err) else ''}); the loss needs a differentiable CDF: use a "
+            f"prior of gbs_loss.priors (Beta, SymmetricBeta, RelaxedBernoulli, Normal) or any object whose cdf is "
+            f"implemented"
+        ) from err
 
 
 def _shaping_loss(
     x: Tensor,
-    prior: Any,
+    prior: object,
     dim: int | None,
     ties: bool,
     reduction: str,
@@ -328,25 +438,27 @@ def _shaping_loss(
 ) -> Tensor:
     """The reduced loss; for ``"none"`` of shape ``x.shape`` without ``dim`` (``()`` for ``dim=None``).
 
-    ``nonnegative``: the values were checked to lie in ``[0, 1]`` (the sort may then skip a step). A
-    :class:`~gbs_loss.priors.RelaxedBernoulli` or :class:`~gbs_loss.priors.Normal` prior without ``ties`` takes
-    a fused path (:class:`_FusedShaping`).
+    ``nonnegative``: the values were checked to lie in ``[0, 1]`` (the sort may then skip a step). A prior
+    with a closed-form CDF (``closed_form_cdf()``, e.g. :class:`~gbs_loss.priors.RelaxedBernoulli` and
+    :class:`~gbs_loss.priors.Normal`) takes a fused path (:class:`_FusedShaping`) when ``ties`` is false.
 
     ``x`` is checked already and ``dim`` normalised. The batch is sorted once; the permutation is a constant
     for autograd (the gradient of the sort is the scatter back to the original order).
     """
-    if x.dtype in _LOW_PRECISION:
-        x = _SaturatingCast.apply(x, torch.float32)
+    prior = _as_prior(prior)
+    if x.dtype in LOW_PRECISION:
+        x = saturating_cast(x, torch.float32)
     if dim is None:
         x = x.reshape(-1)
         dim = 0
-    if not ties and type(prior) in _FUSED_PRIORS:
-        return _fused_loss(x, prior, dim, reduction, nonnegative, prior_name)
-    xs = _SortValues.apply(x, dim, nonnegative).movedim(dim, 0)  # (N, *positions)
+    closed = None if ties else _closed_form(prior)
+    if closed is not None:
+        return _fused_loss(x, prior, closed, dim, reduction, nonnegative, prior_name)
+    xs: Tensor = _SortValues.apply(x, dim, nonnegative).movedim(dim, 0)  # type: ignore[no-untyped-call]
     n = xs.shape[0]
     positions = xs.shape[1:]
     _check_prior_shape(prior, positions, prior_name)
-    cdf = prior.cdf(xs)
+    cdf = _cdf(prior, xs, prior_name)  # type: ignore[arg-type]  # checked by _check_prior
     if not isinstance(cdf, Tensor) or cdf.shape != xs.shape:
         got = tuple(cdf.shape) if isinstance(cdf, Tensor) else type(cdf).__name__
         raise ValueError(
@@ -354,7 +466,7 @@ def _shaping_loss(
             f"(batch first), got {got}; do the prior's parameters broadcast against the "
             f"positions {tuple(positions)}?"
         )
-    if cdf.dtype in _LOW_PRECISION:
+    if cdf.dtype in LOW_PRECISION:
         cdf = cdf.float()
     if ties:
         ecdf = _largest_ranks(xs.detach()).to(cdf.dtype) / (n + 1)
@@ -366,20 +478,21 @@ def _shaping_loss(
     if reduction == "none":
         return torch.nn.functional.mse_loss(cdf, ecdf, reduction="none").mean(0)
     if reduction == "sum":
-        return torch.nn.functional.mse_loss(cdf, ecdf, reduction="sum") / n
+        out: Tensor = torch.nn.functional.mse_loss(cdf, ecdf, reduction="sum") / n
+        return out
     return torch.nn.functional.mse_loss(cdf, ecdf, reduction="mean")
 
 
 def batch_shaping_loss(
     x: Tensor,
-    prior: Any,
+    prior: Prior,
     dim: int | None = 0,
     ties: bool = False,
     reduction: Reduction = "mean",
     validate_args: bool = True,
     *,
     distributed: bool = False,
-    process_group: Any = None,
+    process_group: ProcessGroupArg = None,
 ) -> Tensor:
     r"""Batch-Shaping loss: squared distance between the batch's empirical CDF and a prior CDF.
 
@@ -465,7 +578,7 @@ def batch_shaping_loss(
 
 def hyperprior_loss(
     params: Tensor,
-    hyperprior: Any,
+    hyperprior: Prior,
     ties: bool = False,
     validate_args: bool = True,
 ) -> Tensor:
@@ -511,4 +624,7 @@ def hyperprior_loss(
     """
     _check_options(hyperprior, None, ties, "mean", validate_args, prior_name="hyperprior")
     _check_input(params, None, validate_args, name="params")
+    if _validates(hyperprior) and _support_bounds(hyperprior) != (-math.inf, math.inf):
+        # The hyperprior's own check would name its argument x: check here, naming params.
+        _check_support(params, hyperprior, "params", "hyperprior")
     return _shaping_loss(params, hyperprior, None, ties, "mean", prior_name="hyperprior")

@@ -11,28 +11,33 @@ r"""Module forms of the Batch-Shaping losses.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from numbers import Real
-from typing import Any, Literal
+from typing import Literal, TypeAlias
 
 import torch
 from torch import Tensor, nn
 
+from gbs_loss._coerce import as_index, check_real
 from gbs_loss._shapes import broadcast_shapes
 from gbs_loss.functional import (
+    ProcessGroupArg,
     Reduction,
     _check_distributed,
     _check_input,
     _check_options,
+    _fused_loss,
     _prepare_batch,
     _shaping_loss,
     batch_shaping_loss,
     hyperprior_loss,
 )
-from gbs_loss.priors import Beta, Prior, RelaxedBernoulli
+from gbs_loss.priors import RELAXED_BERNOULLI_CDF, Beta, ClosedFormCdf, Prior, RelaxedBernoulli
 
 __all__ = ["BatchShaping", "GeneralizedBatchShaping"]
 
-PriorFamily = Literal["relaxed_bernoulli", "beta"]
+#: The families of learned priors of :class:`GeneralizedBatchShaping`.
+PriorFamily: TypeAlias = Literal["relaxed_bernoulli", "beta"]
 _FAMILIES = ("relaxed_bernoulli", "beta")
 
 
@@ -77,14 +82,14 @@ class BatchShaping(nn.Module):
 
     def __init__(
         self,
-        prior: Any,
+        prior: Prior,
         dim: int | None = 0,
         ties: bool = False,
         reduction: Reduction = "mean",
         validate_args: bool = True,
         *,
         distributed: bool = False,
-        process_group: Any = None,
+        process_group: ProcessGroupArg = None,
     ) -> None:
         super().__init__()
         _check_options(prior, dim, ties, reduction, validate_args)
@@ -120,33 +125,60 @@ def _inverse_softplus(y: Tensor) -> Tensor:
     return y + torch.log(-torch.expm1(-y))
 
 
-def _check_weight(name: str, value: Any) -> float:
+def _check_weight(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not (math.isfinite(value) and value >= 0):
+    number = float(value)
+    if not (math.isfinite(number) and number >= 0):
         raise ValueError(f"{name} must be finite and >= 0, got {value}")
-    return float(value)
+    return number
 
 
-def _init_tensor(name: str, value: Any, positions: tuple[int, ...], ok, expected: str) -> Tensor:
-    """An initial value (number or tensor) broadcast to the positions, checked with ``ok``."""
-    if isinstance(value, Tensor):
-        if value.dtype == torch.bool or value.is_complex():
-            raise TypeError(f"{name} must be a real number or tensor, got a tensor of dtype {value.dtype}")
-        t = value.detach().to(torch.get_default_dtype())
-    elif isinstance(value, Real) and not isinstance(value, bool):
-        t = torch.tensor(float(value))
-    else:
-        raise TypeError(f"{name} must be a real number or tensor, got {type(value).__name__}")
-    if not bool(ok(t).all()):
-        bad = t[~ok(t)].reshape(-1)[0].item()
-        shown = f"{bad:g}" if t.numel() == 1 else f"a tensor with values such as {bad:g}"
-        raise ValueError(f"{name} must be {expected}, got {shown}")
+def _init_tensor(
+    name: str, value: object, positions: tuple[int, ...], ok: Callable[[Tensor], Tensor], expected: str
+) -> Tensor:
+    """An initial value (number or tensor) broadcast to the positions, checked with ``ok``.
+
+    The value is checked as given (in float64 for a number) and again in the parameters' dtype (the default
+    dtype), so that a value that rounds to 0 or to infinity there is refused with the value received.
+    """
+    real = check_real(value, name)
+    given = real.detach() if isinstance(real, Tensor) else torch.tensor(real, dtype=torch.float64)
+    for t, note in ((given, ""), (given.to(torch.get_default_dtype()), f" in {torch.get_default_dtype()}")):
+        good = ok(t)
+        if not bool(good.all()):
+            bad = given[~good].reshape(-1)[0].item() if given.dim() > 0 else given.item()
+            shown = f"{bad:g}" if given.numel() == 1 else f"a tensor with values such as {bad:g}"
+            rounded = f", which is {t[~good].reshape(-1)[0].item():g}{note}" if note else ""
+            raise ValueError(f"{name} must be {expected}{note}, got {shown}{rounded}")
+    t = given.to(torch.get_default_dtype())
     try:
         t = t.expand(positions).clone()
     except RuntimeError:
         raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to the positions {positions}") from None
     return t
+
+
+def _show(value: object) -> str:
+    """A received value, briefly."""
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)}" if value.numel() != 1 else f"{value.item():g}"
+    return repr(value)
+
+
+def _check_positions(positions: object) -> tuple[int, ...]:
+    """``positions`` as a non-empty tuple of positive ints (``numpy.int64`` and other integers accepted)."""
+    message = f"positions must be a positive int or a non-empty tuple of positive ints, got {positions!r}"
+    items = positions if isinstance(positions, (tuple, list)) else (positions,)
+    if not items:
+        raise ValueError(message)
+    out = []
+    for p in items:
+        try:
+            out.append(as_index(p, "positions", minimum=1))
+        except (TypeError, ValueError):
+            raise ValueError(message) from None
+    return tuple(out)
 
 
 class GeneralizedBatchShaping(nn.Module):
@@ -194,8 +226,8 @@ class GeneralizedBatchShaping(nn.Module):
             means, e.g. ``gbs_loss.priors.Normal(0.3, 0.1, validate_args=False)`` or
             ``gbs_loss.priors.Beta(3.0, 7.0)``; ``None`` for no hyperprior term. Stored as given.
         init_mean: Initial means in ``(0, 1)``, a number or a tensor broadcasting to ``positions``.
-        init_temperature: Initial temperatures ``> 0`` (Relaxed Bernoulli).
-        init_concentration: Initial concentrations :math:`a + b > 0` (Beta).
+        init_temperature: Initial temperatures ``> 0`` (Relaxed Bernoulli only); ``None`` for 1.
+        init_concentration: Initial concentrations :math:`a + b > 0` (Beta only); ``None`` for 2.
         prior_weight: :math:`w_p \ge 0`.
         hyperprior_weight: :math:`w_h \ge 0`.
         temperature_weight: :math:`w_t \ge 0`; 0 (the default) leaves the temperatures free.
@@ -235,11 +267,11 @@ class GeneralizedBatchShaping(nn.Module):
         self,
         positions: int | tuple[int, ...],
         prior: PriorFamily = "relaxed_bernoulli",
-        hyperprior: Any = None,
+        hyperprior: Prior | None = None,
         *,
         init_mean: float | Tensor = 0.5,
-        init_temperature: float | Tensor = 1.0,
-        init_concentration: float | Tensor = 2.0,
+        init_temperature: float | Tensor | None = None,
+        init_concentration: float | Tensor | None = None,
         prior_weight: float = 1.0,
         hyperprior_weight: float = 1.0,
         temperature_weight: float = 0.0,
@@ -247,21 +279,19 @@ class GeneralizedBatchShaping(nn.Module):
         ties: bool = False,
         validate_args: bool = True,
         distributed: bool = False,
-        process_group: Any = None,
+        process_group: ProcessGroupArg = None,
     ) -> None:
         super().__init__()
-        given = positions
-        if isinstance(positions, int) and not isinstance(positions, bool):
-            positions = (positions,)
-        if (
-            not isinstance(positions, (tuple, list))
-            or not positions
-            or not all(isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in positions)
-        ):
-            raise ValueError(f"positions must be a positive int or a non-empty tuple of positive ints, got {given!r}")
-        self.positions = tuple(positions)
+        self.positions = _check_positions(positions)
         if prior not in _FAMILIES:
             raise ValueError(f"prior must be one of {_FAMILIES}, got {prior!r}")
+        unused = "init_concentration" if prior == "relaxed_bernoulli" else "init_temperature"
+        unused_value = init_concentration if prior == "relaxed_bernoulli" else init_temperature
+        if unused_value is not None:
+            used = "init_temperature" if prior == "relaxed_bernoulli" else "init_concentration"
+            raise ValueError(
+                f"{unused} is not used by prior={prior!r} (use {used}), got {unused}={_show(unused_value)}"
+            )
         self.family = prior
         if hyperprior is not None:
             _check_options(hyperprior, None, ties, "mean", validate_args, prior_name="hyperprior")
@@ -286,7 +316,7 @@ class GeneralizedBatchShaping(nn.Module):
         if prior == "relaxed_bernoulli":
             spread = _init_tensor(
                 "init_temperature",
-                init_temperature,
+                1.0 if init_temperature is None else init_temperature,
                 self.positions,
                 lambda t: (t > 0) & torch.isfinite(t),
                 "> 0 and finite",
@@ -295,7 +325,7 @@ class GeneralizedBatchShaping(nn.Module):
         else:
             spread = _init_tensor(
                 "init_concentration",
-                init_concentration,
+                2.0 if init_concentration is None else init_concentration,
                 self.positions,
                 lambda t: (t > 0) & torch.isfinite(t),
                 "> 0 and finite",
@@ -333,25 +363,30 @@ class GeneralizedBatchShaping(nn.Module):
 
     def _learned(self) -> tuple[Prior, Tensor]:
         """The learned prior and its spread parameters (temperatures or concentrations)."""
-        spread = nn.functional.softplus(
+        spread = self._spread()
+        return self._prior_from(spread), spread
+
+    def _spread(self) -> Tensor:
+        return nn.functional.softplus(
             self.raw_temperatures if self.family == "relaxed_bernoulli" else self.raw_concentrations
         )
+
+    def _prior_from(self, spread: Tensor) -> RelaxedBernoulli | Beta:
         if self.family == "relaxed_bernoulli":
-            prior = RelaxedBernoulli(logits=self.mean_logits, temperature=spread, validate_args=False)
-        else:
-            u = self.mean_logits
-            # A mean or a concentration near 0 can make a = m c underflow to 0, outside the Beta's domain:
-            # keep both shape parameters at least the smallest normal number of the dtype.
-            tiny = torch.finfo(u.dtype).tiny
-            a = (torch.sigmoid(u) * spread).clamp_min(tiny)
-            b = (torch.sigmoid(-u) * spread).clamp_min(tiny)
-            prior = Beta(a, b, validate_args=False)
-        return prior, spread
+            return RelaxedBernoulli(logits=self.mean_logits, temperature=spread, validate_args=False)
+        u = self.mean_logits
+        # A mean or a concentration near 0 can make a = m c underflow to 0, outside the Beta's domain:
+        # keep both shape parameters at least the smallest normal number of the dtype.
+        tiny = torch.finfo(u.dtype).tiny
+        a = (torch.sigmoid(u) * spread).clamp_min(tiny)
+        b = (torch.sigmoid(-u) * spread).clamp_min(tiny)
+        return Beta(a, b, validate_args=False)
 
     # -- the loss -------------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         """The total loss of the batch ``x``; the terms are left in :attr:`components`."""
         dim = _check_input(x, self.dim, self.validate_args, check_batch=False)
+        assert dim is not None  # self.dim is an int
         found = x.shape[:dim] + x.shape[dim + 1 :]
         try:
             ok = broadcast_shapes(found, self.positions) == found
@@ -370,8 +405,16 @@ class GeneralizedBatchShaping(nn.Module):
         # Both families of learned priors live on [0, 1]: values outside (say logits passed instead of
         # sigmoids) are an error worth reporting.
         x, dim = _prepare_batch(x, dim, self.validate_args, self.distributed, self.process_group, support=(0.0, 1.0))
-        prior, spread = self._learned()
-        prior_term = _shaping_loss(x, prior, dim, self.ties, "mean", nonnegative=self.validate_args)
+        assert dim is not None
+        spread = self._spread()
+        if self.family == "relaxed_bernoulli" and not self.ties:
+            # The fused path straight from the parameters: no distribution object to build on every step.
+            closed = ClosedFormCdf(RELAXED_BERNOULLI_CDF, (spread, self.mean_logits))
+            prior_term = _fused_loss(x, None, closed, dim, "mean", self.validate_args, "prior")
+        else:
+            prior_term = _shaping_loss(
+                x, self._prior_from(spread), dim, self.ties, "mean", nonnegative=self.validate_args
+            )
         total = prior_term if self.prior_weight == 1 else self.prior_weight * prior_term
         if self.hyperprior is not None:
             hyper_term = hyperprior_loss(self.means, self.hyperprior, ties=self.ties, validate_args=False)

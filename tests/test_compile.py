@@ -5,9 +5,11 @@ float64 Beta and Relaxed Bernoulli priors (parameter gradients, ``test_functiona
 Bernoulli ``GeneralizedBatchShaping`` (``test_modules.py``). The cases here add what those leave out: the
 gradients with respect to the samples, float32 inputs to ``betainc`` through the Beta prior, the Beta family
 of ``GeneralizedBatchShaping`` with a Beta hyperprior (``betainc`` in both terms) at two batch sizes,
-``BatchShaping`` with ``reduction="none"`` along another batch dim, autocast, and the validated (default)
-configuration, whose value check is a host synchronisation and therefore a graph break.
-Each compilation costs seconds, so the cases are few and small.
+``BatchShaping`` with ``reduction="none"`` along another batch dim, autocast, and every default argument:
+``validate_args=True`` in the losses and in the priors, whose value checks become device assertions under
+compile (no graph break, no host synchronisation; a failed check raises a ``RuntimeError``).
+Each compilation costs seconds, so the cases are few and small; the graph-break count uses
+``torch._dynamo.explain``, which traces without compiling.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gbs_loss import BatchShaping, GeneralizedBatchShaping
-from gbs_loss.priors import Beta, Normal
+from gbs_loss import BatchShaping, GeneralizedBatchShaping, batch_shaping_loss, hyperprior_loss
+from gbs_loss.priors import Beta, Normal, RelaxedBernoulli
 
 
 @pytest.fixture(autouse=True)
@@ -82,12 +84,45 @@ def test_under_autocast_with_bfloat16_samples() -> None:
     torch.testing.assert_close(got, eager)
 
 
-def test_validated_module_compiles_with_a_graph_break_and_still_raises() -> None:
-    module = GeneralizedBatchShaping(4, hyperprior=Normal(0.3, 0.1))  # validate_args=True: reads values
-    compiled = torch.compile(module)
+def test_readme_module_with_defaults_compiles_fullgraph_and_still_raises() -> None:
+    # Every default: the module validates its input, the hyperprior validates (validate_args=None: torch's).
+    module = GeneralizedBatchShaping(4, hyperprior=Normal(0.3, 0.1))
+    compiled = torch.compile(module, fullgraph=True)
     x = torch.rand(12, 4, generator=torch.Generator().manual_seed(2))
     params = list(module.parameters())
     torch.testing.assert_close(_loss_and_grads(compiled, x, params), _loss_and_grads(module, x, params))
     x[3, 1] = float("nan")
-    with pytest.raises(ValueError, match="x must be finite"):
+    with pytest.raises(RuntimeError, match="x must lie in"):
         compiled(x)
+
+
+def test_functional_beta_with_defaults_compiles_fullgraph() -> None:
+    a = torch.tensor([0.6, 2.0, 0.3], requires_grad=True)
+
+    def fn(x):
+        return batch_shaping_loss(x, Beta(a, 0.4))  # validate_args everywhere
+
+    x = torch.rand(10, 3, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(_loss_and_grads(torch.compile(fn, fullgraph=True), x, [a]), _loss_and_grads(fn, x, [a]))
+
+
+_DEFAULT_CASES = {
+    "batch_shaping_loss, Beta learned": lambda x: batch_shaping_loss(
+        x, Beta(torch.full((4,), 0.6, requires_grad=True), 0.4, validate_args=False)
+    ),
+    "batch_shaping_loss, Beta validated": lambda x: batch_shaping_loss(x, Beta(2.0, 3.0)),
+    "batch_shaping_loss, RelaxedBernoulli": lambda x: batch_shaping_loss(x, RelaxedBernoulli(0.3, 0.5)),
+    "hyperprior_loss, Normal": lambda x: hyperprior_loss(x, Normal(0.3, 0.1)),
+    "hyperprior_loss, Beta": lambda x: hyperprior_loss(x, Beta(3.0, 7.0)),
+    "BatchShaping": BatchShaping(Beta(0.6, 0.4)),
+    "README GeneralizedBatchShaping": GeneralizedBatchShaping(4, hyperprior=Normal(0.3, 0.1), validate_args=False),
+    "GeneralizedBatchShaping, defaults": GeneralizedBatchShaping(4, hyperprior=Normal(0.3, 0.1)),
+    "GeneralizedBatchShaping, beta": GeneralizedBatchShaping(4, prior="beta", hyperprior=Beta(3.0, 7.0)),
+}
+
+
+@pytest.mark.parametrize("case", list(_DEFAULT_CASES))
+def test_no_graph_break_with_defaults(case: str) -> None:
+    x = torch.rand(16, 4, generator=torch.Generator().manual_seed(5))
+    explained = torch._dynamo.explain(_DEFAULT_CASES[case])(x)
+    assert explained.graph_break_count == 0, [str(r.reason)[:200] for r in explained.break_reasons]

@@ -546,7 +546,7 @@ def test_losses_on_bad_input_raise_naming_the_argument(profile: str, hostile_cas
 # ----------------------------------------------------------------------------------------------------------
 INVALID_PARAM = [math.nan, math.inf, -math.inf, 0.0, -0.0, -1.0, -1e-300]
 INVALID_X = [math.nan, math.inf, -math.inf, -1e-300, -0.5, 1.5, 1.0 + 2.0**-52]
-ARG_DTYPES = [*FLOATS, torch.int64, torch.bool]
+ARG_DTYPES = [*FLOATS, torch.int64]  # bool tensors are refused: test_betainc_rejects_bool_tensors
 TOLERANCE = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float32: 2e-6, F64: 1e-10}
 
 
@@ -738,12 +738,25 @@ def test_hyperprior_loss_on_bad_input(hostile_cases) -> None:
         (lambda: hyperprior_loss([0.2, 0.4], Normal(0.3, 0.1)), ("params",)),
         (lambda: hyperprior_loss(torch.rand(3), 0.3), ("hyperprior",)),
         (lambda: hyperprior_loss(torch.rand(3), Normal(torch.zeros(3), 1.0)), ("hyperprior",)),
-        (lambda: hyperprior_loss(torch.tensor([0.2, 1.5]), Beta(3.0, 7.0)), ("x",)),
+        (lambda: hyperprior_loss(torch.tensor([0.2, 1.5]), Beta(3.0, 7.0)), ("params",)),
         (lambda: hyperprior_loss(torch.rand(3), Normal(0.3, 0.1), ties=None), ("ties",)),
     ]
     for call, names in cases:
         hostile_cases["hyperprior"] += 1
         expect_error(call, *names)
+
+
+def test_betainc_rejects_bool_tensors(hostile_cases) -> None:
+    flag = torch.tensor([True])
+    for call, name in (
+        (lambda: betainc(flag, 2.0, 0.5), "a"),
+        (lambda: betainc(2.0, flag, 0.5), "b"),
+        (lambda: betaln(2.0, flag), "b"),
+        (lambda: beta_log_prob(flag, 2.0, 3.0), "x"),
+    ):
+        hostile_cases["betainc"] += 1
+        with pytest.raises(TypeError, match=rf"{name} must be .*got a tensor of dtype torch.bool"):
+            call()
 
 
 def test_betainc_rejects_complex_and_non_numbers(hostile_cases) -> None:
@@ -919,6 +932,11 @@ BAD_CONSTRUCTION = [
     ({"init_temperature": torch.tensor([1j])}, "init_temperature"),
     ({"prior": "beta", "init_concentration": 0.0}, "init_concentration"),
     ({"prior": "beta", "init_concentration": math.nan}, "init_concentration"),
+    ({"init_concentration": -1.0}, "init_concentration"),  # not used by the Relaxed Bernoulli family
+    ({"init_concentration": 3.0}, "init_concentration"),
+    ({"prior": "beta", "init_temperature": 0.5}, "init_temperature"),
+    ({"init_temperature": 1e-50}, "init_temperature"),  # rounds to 0 in float32
+    ({"positions": np.bool_(True)}, "positions"),
     ({"prior_weight": -1.0}, "prior_weight"),
     ({"hyperprior_weight": math.nan}, "hyperprior_weight"),
     ({"temperature_weight": math.inf}, "temperature_weight"),
@@ -955,3 +973,84 @@ def test_batch_shaping_bad_construction(kwargs, name: str, hostile_cases) -> Non
     hostile_cases["module construction"] += 1
     kwargs = {"prior": Beta(0.6, 0.4), **kwargs}
     expect_error(lambda: BatchShaping(**kwargs), name)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The errors a user meets first (issue 13): each names the argument, the expected value and the value received.
+# ----------------------------------------------------------------------------------------------------------
+class TestFirstErrors:
+    def test_torch_beta_prior_works_like_ours(self) -> None:
+        x = torch.rand(16, 4, dtype=F64, generator=torch.Generator().manual_seed(0))
+        a = torch.tensor([2.0, 0.5, 1.0, 3.0], dtype=F64, requires_grad=True)
+        got = batch_shaping_loss(x, torch.distributions.Beta(a, 2.0))
+        (g,) = torch.autograd.grad(got, a)
+        want = batch_shaping_loss(x, Beta(a, 2.0))
+        (g_want,) = torch.autograd.grad(want, a)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+        torch.testing.assert_close(g, g_want, rtol=1e-10, atol=0)
+        sorted_x = np.sort(x.numpy(), axis=0)
+        ecdf = np.arange(1, 17)[:, None] / 17
+        ref = np.mean((ecdf - scipy.special.betainc(a.detach().numpy(), 2.0, sorted_x)) ** 2)
+        assert abs(got.item() - ref) < 1e-13
+
+    def test_torch_relaxed_bernoulli_prior_works(self) -> None:
+        x = torch.rand(16, 3, dtype=F64, generator=torch.Generator().manual_seed(1))
+        probs = torch.tensor([0.2, 0.5, 0.7], dtype=F64)
+        got = batch_shaping_loss(x, torch.distributions.RelaxedBernoulli(torch.tensor(0.5, dtype=F64), probs=probs))
+        want = batch_shaping_loss(x, RelaxedBernoulli(probs, 0.5))
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+
+    def test_prior_without_cdf_gets_a_clear_error(self) -> None:
+        from torch.distributions.relaxed_bernoulli import LogitRelaxedBernoulli
+
+        prior = LogitRelaxedBernoulli(torch.tensor(0.5), probs=torch.tensor(0.3))
+        with pytest.raises(
+            TypeError, match=r"prior .*LogitRelaxedBernoulli has no cdf .*use a prior of gbs_loss.priors"
+        ):
+            batch_shaping_loss(torch.randn(8, 2), prior, validate_args=False)
+
+    def test_class_instead_of_instance(self) -> None:
+        with pytest.raises(
+            TypeError, match=r"prior must be a distribution instance .* got the class Beta itself.*Beta\(0.6, 0.4\)"
+        ):
+            batch_shaping_loss(torch.rand(8, 2), Beta)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"hyperprior .* got the class Normal itself"):
+            hyperprior_loss(torch.rand(8), Normal)  # type: ignore[arg-type]
+
+    def test_relaxed_bernoulli_icdf_names_p(self) -> None:
+        expect_error(lambda: RelaxedBernoulli(0.3, 0.5).icdf([0.5]), "p")
+        with pytest.raises(
+            TypeError, match=r"RelaxedBernoulli.icdf: p must be a real number or a real tensor, got list"
+        ):
+            RelaxedBernoulli(0.3, 0.5).icdf([0.5])
+
+    def test_hyperprior_out_of_support_names_params(self) -> None:
+        with pytest.raises(
+            ValueError,
+            match=r"params must be inside the support \[0, 1\] of the hyperprior Beta\(a=3, b=7\) \(and not NaN\), "
+            r"got 1 value\(s\) outside \(for example 1.5\)",
+        ):
+            hyperprior_loss(torch.tensor([0.2, 1.5, 0.3]), Beta(3.0, 7.0))
+
+    def test_tiny_init_temperature_says_what_it_became(self) -> None:
+        with pytest.raises(
+            ValueError, match=r"init_temperature must be > 0 and finite in torch.float32, got 1e-50, which is 0"
+        ):
+            GeneralizedBatchShaping(4, init_temperature=1e-50)
+
+    def test_init_concentration_refused_for_relaxed_bernoulli(self) -> None:
+        with pytest.raises(
+            ValueError,
+            match=r"init_concentration is not used by prior='relaxed_bernoulli' .*got init_concentration=-1.0",
+        ):
+            GeneralizedBatchShaping(4, init_concentration=-1.0)
+
+    def test_empty_beta_refused(self) -> None:
+        with pytest.raises(ValueError, match=r"Beta: a must have at least one element, got a tensor of shape \(0,\)"):
+            Beta(torch.empty(0), 0.4)
+
+    @pytest.mark.parametrize("positions", [np.int64(7), (np.int32(7),), [7], torch.tensor(7)])
+    def test_numpy_integer_positions_accepted(self, positions) -> None:
+        module = GeneralizedBatchShaping(positions)
+        assert module.positions == (7,) and all(type(p) is int for p in module.positions)
+        module(torch.rand(5, 7)).backward()

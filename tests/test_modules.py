@@ -300,7 +300,7 @@ class TestGeneralizedBatchShaping:
                 ValueError,
                 r"init_mean of shape \(4,\) does not broadcast to the positions \(3,\)",
             ),
-            ((3,), {"init_mean": "half"}, TypeError, r"init_mean must be a real number or tensor, got str"),
+            ((3,), {"init_mean": "half"}, TypeError, r"init_mean must be a real number or a real tensor, got str"),
             ((49,), {"init_temperature": 0.0}, ValueError, r"init_temperature must be > 0 and finite, got 0"),
             (
                 (49, "beta"),

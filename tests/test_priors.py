@@ -172,9 +172,29 @@ class TestLogProbAndIcdf:
         with pytest.raises(ValueError, match=r"RelaxedBernoulli.icdf: p must be in \[0, 1\], got 1.5"):
             RelaxedBernoulli(0.2, 0.6).icdf(torch.tensor(1.5))
 
-    def test_beta_has_no_icdf(self) -> None:
-        with pytest.raises(NotImplementedError, match="Beta has no closed-form icdf"):
-            Beta(2.0, 3.0).icdf(torch.tensor(0.5))
+    @pytest.mark.parametrize(("a", "b"), [(2.0, 3.0), (0.6, 0.4), (50.0, 0.5)])
+    def test_beta_icdf_against_scipy_and_round_trip(self, a: float, b: float) -> None:
+        p = t64([1e-6, 0.1, 0.5, 0.9, 1 - 1e-6])
+        prior = Beta(a, b)
+        x = prior.icdf(p)
+        np.testing.assert_allclose(x.numpy(), scipy.stats.beta.ppf(p.numpy(), a, b), rtol=1e-10)
+        # Near 1 with b < 1 the density is huge: one ulp of x moves the CDF by more than 1e-10.
+        torch.testing.assert_close(prior.cdf(x), p, rtol=1e-10, atol=1e-8)
+
+    def test_beta_icdf_gradient_is_the_inverse_density(self) -> None:
+        p = t64([0.2, 0.7]).requires_grad_()
+        x = Beta(2.0, 3.0).icdf(p)
+        (g,) = torch.autograd.grad(x.sum(), p)
+        density = scipy.stats.beta.pdf(x.detach().numpy(), 2.0, 3.0)
+        np.testing.assert_allclose(g.numpy(), 1.0 / density, rtol=1e-9)
+
+    def test_icdf_type_error_names_p(self) -> None:
+        with pytest.raises(
+            TypeError, match=r"RelaxedBernoulli.icdf: p must be a real number or a real tensor, got list"
+        ):
+            RelaxedBernoulli(0.2, 0.6).icdf([0.5])
+        with pytest.raises(ValueError, match=r"Beta.icdf: p must be in \[0, 1\], got -0.5"):
+            Beta(2.0, 3.0).icdf(torch.tensor(-0.5))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -345,7 +365,7 @@ class TestExceptions:
             (lambda: Normal(math.nan, 1.0), r"Normal: loc must be finite, got nan"),
             (
                 lambda: Beta(torch.ones(3), torch.ones(4)),
-                r"Beta: the parameters must broadcast together, got a of shape \(3,\), b of shape \(4,\)",
+                r"Beta: a, b must have shapes that broadcast together, got a: \(3,\), b: \(4,\)",
             ),
         ],
     )
@@ -366,11 +386,11 @@ class TestExceptions:
                 lambda: RelaxedBernoulli(torch.tensor(0.5 + 0j), 1.0),
                 r"RelaxedBernoulli: mean must be a real number or a real tensor, got a tensor of dtype",
             ),
-            (lambda: Beta(1.0, 1.0, validate_args=1), r"Beta: validate_args must be a bool, got int"),
-            (lambda: Normal(0.0, 1.0).cdf("0.5"), r"Normal.cdf: x must be a real tensor or number, got str"),
+            (lambda: Beta(1.0, 1.0, validate_args=1), r"Beta: validate_args must be a bool or None, got int"),
+            (lambda: Normal(0.0, 1.0).cdf("0.5"), r"Normal.cdf: x must be a real number or a real tensor, got str"),
             (
                 lambda: Normal(0.0, 1.0).cdf(torch.tensor([True])),
-                r"Normal.cdf: x must be a real tensor, got dtype torch.bool",
+                r"Normal.cdf: x must be a real number or a real tensor, got a tensor of dtype torch.bool",
             ),
         ],
     )
@@ -422,3 +442,110 @@ class TestCompile:
         torch.testing.assert_close(compiled, eager)
         torch.testing.assert_close(gc_u, ge_u)
         torch.testing.assert_close(gc_t, ge_t)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The priors are torch.distributions.
+# ----------------------------------------------------------------------------------------------------------
+class TestTorchDistributions:
+    def test_subclasses(self) -> None:
+        assert isinstance(Beta(0.6, 0.4), torch.distributions.Beta)
+        assert isinstance(SymmetricBeta(0.6), Beta)
+        assert isinstance(RelaxedBernoulli(0.3, 0.5), torch.distributions.RelaxedBernoulli)
+        assert isinstance(Normal(0.3, 0.1), torch.distributions.Normal)
+
+    def test_prior_protocol_is_structural(self) -> None:
+        assert isinstance(torch.distributions.Normal(0.0, 1.0), Prior)
+        assert isinstance(Beta(2.0, 3.0), Prior)
+        assert not isinstance(object(), Prior)
+
+    def test_beta_moments_entropy_and_rsample_are_torch(self) -> None:
+        a = t64([2.0, 0.5]).requires_grad_()
+        prior = Beta(a, 3.0)
+        torch.testing.assert_close(prior.mean, a.detach() / (a.detach() + 3.0))
+        np.testing.assert_allclose(prior.variance.detach().numpy(), scipy.stats.beta.var([2.0, 0.5], 3.0), rtol=1e-12)
+        np.testing.assert_allclose(
+            prior.entropy().detach().numpy(), scipy.stats.beta.entropy([2.0, 0.5], 3.0), rtol=1e-10
+        )
+        sample = prior.rsample((5,))
+        assert sample.shape == (5, 2) and bool(((sample >= 0) & (sample <= 1)).all())
+        (g,) = torch.autograd.grad(sample.sum(), a)
+        assert bool(torch.isfinite(g).all()) and bool((g != 0).any())
+
+    def test_numbers_stay_exact_for_the_cdf(self) -> None:
+        prior = Beta(0.6, 0.4)
+        x = t64([0.1, 0.5, 0.9])
+        np.testing.assert_allclose(prior.cdf(x).numpy(), scipy.special.betainc(0.6, 0.4, x.numpy()), rtol=1e-13)
+        assert prior.a.dtype == F64 and prior.a.dim() == 0
+        # torch's own attribute follows torch's rule: a number becomes the default dtype.
+        assert prior.concentration1.dtype == torch.get_default_dtype()
+        assert prior.cdf(x.float()).dtype == torch.float32
+
+    def test_relaxed_bernoulli_names_match_torch(self) -> None:
+        mean = t64([0.2, 0.7])
+        prior = RelaxedBernoulli(mean, temperature=t64([0.5]))
+        torch.testing.assert_close(prior.probs, mean)
+        torch.testing.assert_close(prior.mean, mean)
+        torch.testing.assert_close(prior.logits, torch.logit(mean))
+        assert prior.batch_shape == (2,)
+        assert prior.rsample((3,)).shape == (3, 2)
+        # The CDF is that of torch's distribution: P(X <= x) estimated from torch's own samples.
+        torch.manual_seed(0)
+        samples = torch.distributions.RelaxedBernoulli(t64([0.5, 0.5]), probs=mean).sample((20000,))
+        x = t64([0.3, 0.6])
+        empirical = (samples <= x).double().mean(0)
+        torch.testing.assert_close(prior.cdf(x), empirical, atol=0.015, rtol=0)
+
+    def test_symmetric_beta_is_beta_with_b_one_minus_a(self) -> None:
+        a = t64(0.3).requires_grad_()
+        x = t64([0.2, 0.6])
+        prior = SymmetricBeta(a)
+        torch.testing.assert_close(prior.b, 1.0 - a.detach())
+        (g,) = torch.autograd.grad(prior.cdf(x).sum(), a)
+        h = 1e-6
+        fd = (
+            scipy.special.betainc(0.3 + h, 0.7 - h, x.numpy()) - scipy.special.betainc(0.3 - h, 0.7 + h, x.numpy())
+        ) / (2 * h)
+        np.testing.assert_allclose(g.item(), fd.sum(), rtol=1e-6)
+
+    def test_validate_args_default_true_none_follows_torch(self) -> None:
+        previous = torch.distributions.Distribution._validate_args
+        # torch.compile switches torch's global default off on first use: ours stays on.
+        torch.distributions.Distribution.set_default_validate_args(False)
+        try:
+            assert Beta(2.0, 3.0).validate_args
+            with pytest.raises(ValueError, match="Beta: a must be > 0"):
+                Beta(-1.0, 3.0)
+            assert not Beta(-1.0, 3.0, validate_args=None).validate_args  # torch's default: accepted
+        finally:
+            torch.distributions.Distribution.set_default_validate_args(previous)
+
+    @pytest.mark.parametrize(
+        "make",
+        [
+            lambda: Beta(torch.empty(0), 0.4),
+            lambda: Normal(torch.empty(2, 0), 1.0),
+            lambda: RelaxedBernoulli(torch.empty(0), 1.0),
+            lambda: SymmetricBeta(torch.empty(0)),
+        ],
+    )
+    def test_empty_parameters_are_refused(self, make) -> None:
+        with pytest.raises(ValueError, match=r"must have at least one element, got a tensor of shape \((2, )?0,?\)"):
+            make()
+
+    def test_expand(self) -> None:
+        x = t64([0.25])
+        for prior in (Normal(0.3, 0.1), Beta(2.0, 3.0), RelaxedBernoulli(0.3, 0.5)):
+            expanded = prior.expand((3,))
+            assert type(expanded) is type(prior) and expanded.batch_shape == (3,)
+            torch.testing.assert_close(expanded.cdf(x), prior.cdf(x).expand(3), rtol=1e-6, atol=0)
+
+    def test_closed_form_capability(self) -> None:
+        assert Normal(0.0, 1.0).closed_form_cdf() is not None
+        assert RelaxedBernoulli(0.3, 0.5).closed_form_cdf() is not None
+
+        class Shifted(Normal):
+            def cdf(self, value):
+                return super().cdf(value - 1.0)
+
+        assert Shifted(0.0, 1.0).closed_form_cdf() is None
