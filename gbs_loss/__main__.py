@@ -23,7 +23,15 @@ _COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch ``python -m gbs_loss <command> [options]`` to the command's own ``main``."""
+    """Dispatch ``python -m gbs_loss <command> [options]`` to the command's own ``main``.
+
+    Example:
+        >>> from gbs_loss.__main__ import main
+        >>> main(["--help"])  # doctest: +ELLIPSIS
+        usage: python -m gbs_loss [-h] {demo,msvit-demo,msvit-tradeoff}
+        ...
+        0
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m gbs_loss", description=__doc__.splitlines()[0])
     parser.add_argument(

@@ -2,15 +2,15 @@ r"""Generalized Batch-Shaping demonstration: ``python -m gbs_loss demo``.
 
 Thirty positions hold 500 learnable samples each (think of 30 gate positions seen over a batch of 500
 images). Every position starts from its own distribution, some mostly near 0, some near 1, some spread out.
-A :class:`~gbs_loss.GeneralizedBatchShaping` loss holds one learnable Relaxed Bernoulli prior per position
-and a :math:`\mathrm{Beta}(3, 7)` hyperprior on the priors' means, and Adam trains the samples and the priors
+A `GeneralizedBatchShaping` loss holds one learnable Relaxed Bernoulli prior per position
+and a $\mathrm{Beta}(3, 7)$ hyperprior on the priors' means, and Adam trains the samples and the priors
 together for a few hundred steps. Two things happen at once, which is the point of the method (Havtorn,
 Royer, Blankevoort, Ehteshami Bejnordi, "MSViT", ICCV Workshops 2023, arXiv 2307.02321):
 
 * every position's samples and its learned prior move toward each other until the empirical CDF follows
   the prior's CDF (the Batch-Shaping term of Bejnordi, Blankevoort, Welling, ICLR 2020);
 * the 30 learned means spread out like the hyperprior, so positions keep their own rates while the rates
-  as a whole follow :math:`\mathrm{Beta}(3, 7)` (mean 0.3).
+  as a whole follow $\mathrm{Beta}(3, 7)$ (mean 0.3).
 
 The figure shows both, with the loss curves, and is saved as a PNG.
 """
@@ -23,12 +23,15 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from gbs_loss.modules import GeneralizedBatchShaping
 from gbs_loss.priors import Beta
+
+if TYPE_CHECKING:
+    from tqdm.auto import tqdm
 
 __all__ = ["main", "plot", "train"]
 
@@ -48,9 +51,9 @@ def train(
 ) -> dict[str, Any]:
     r"""Train learnable samples and learned priors with the Generalized Batch-Shaping loss.
 
-    The samples are :math:`\sigma(s)` with learnable logits :math:`s` of shape ``(samples, positions)``;
-    position :math:`k` starts as :math:`s_{ik} = \mu_k + \sigma_k \varepsilon_{ik}` with
-    :math:`\mu_k \sim U(-2.5, 2.5)`, :math:`\sigma_k \sim U(0.3, 2)` and standard normal :math:`\varepsilon`.
+    The samples are $\sigma(s)$ with learnable logits $s$ of shape ``(samples, positions)``;
+    position $k$ starts as $s_{ik} = \mu_k + \sigma_k \varepsilon_{ik}$ with
+    $\mu_k \sim U(-2.5, 2.5)$, $\sigma_k \sim U(0.3, 2)$ and standard normal $\varepsilon$.
 
     Args:
         steps: Adam steps.
@@ -67,6 +70,12 @@ def train(
         ``(samples, positions)``), the final learned ``"means"`` and ``"temperatures"`` (shape
         ``(positions,)``), the trained ``"module"``, the loss ``"history"`` (a dict of lists per component),
         the ``"hyperprior"`` and the wall-clock ``"seconds"``.
+
+    Example:
+        >>> from gbs_loss.demo import train
+        >>> result = train(steps=5, positions=4, samples=50, progress=False)
+        >>> result["x"].shape, result["means"].shape, len(result["history"]["total"])  # 5 steps and the end
+        (torch.Size([50, 4]), torch.Size([4]), 6)
     """
     gen = torch.Generator().manual_seed(seed)
     loc = torch.rand(positions, generator=gen) * 5.0 - 2.5
@@ -94,6 +103,8 @@ def train(
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - start
+    temperatures = gbas.temperatures
+    assert temperatures is not None  # the Relaxed Bernoulli family learns temperatures
     with torch.no_grad():
         x = torch.sigmoid(logits)
         # Components of the final state, after the last update.
@@ -104,7 +115,7 @@ def train(
         "x0": x0,
         "x": x.detach(),
         "means": gbas.means.detach(),
-        "temperatures": gbas.temperatures.detach(),
+        "temperatures": temperatures.detach(),
         "module": gbas,
         "history": history,
         "hyperprior": hyper,
@@ -112,7 +123,7 @@ def train(
     }
 
 
-def _progress(steps: int, enabled: bool):
+def _progress(steps: int, enabled: bool) -> tqdm | None:
     if not enabled:
         return None
     try:
@@ -130,11 +141,21 @@ def _ecdf(values: torch.Tensor) -> tuple[list[float], list[float]]:
 
 
 def plot(result: dict[str, Any], path: str | Path, dpi: int = 130) -> Path:
-    """Draw the demonstration figure from :func:`train`'s result and save it as a PNG at ``path``.
+    """Draw the demonstration figure from `train`'s result and save it as a PNG at ``path``.
 
     Top row: for four positions (learned means from low to high), the samples' empirical CDF before and
     after training and the learned prior's CDF. Bottom row: the histogram of the learned means against the
     hyperprior's density (and where the positions started), and the loss curves.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from gbs_loss.demo import plot, train
+        >>> result = train(steps=5, positions=4, samples=50, progress=False)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = plot(result, Path(folder) / "gbas_demo.png")
+        ...     path.name, path.stat().st_size > 0
+        ('gbas_demo.png', True)
     """
     import matplotlib
 
@@ -240,7 +261,15 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the demonstration from the command line; return the exit status."""
+    """Run the demonstration from the command line; return the exit status.
+
+    Example:
+        >>> from gbs_loss.demo import main
+        >>> main(["--steps", "300", "--out", "outputs/gbas_demo.png"])  # doctest: +SKIP
+        trained 300 steps in ...
+        saved the figure to ...
+        0
+    """
     parser = argparse.ArgumentParser(
         prog="python -m gbs_loss demo",
         description="Generalized Batch-Shaping: learnable samples and learned Relaxed Bernoulli priors "

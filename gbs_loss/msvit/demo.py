@@ -74,6 +74,13 @@ def load_photo(name: str) -> Tensor:
 
     Returns:
         The photograph; grayscale ones are repeated on three channels, an alpha channel is dropped.
+
+    Example:
+        >>> from gbs_loss.msvit.demo import load_photo
+        >>> load_photo("camera").shape  # a grayscale photograph, on three channels
+        torch.Size([3, 512, 512])
+        >>> load_photo("motorcycle").shape
+        torch.Size([3, 500, 741])
     """
     _require("skimage")
     from skimage import data
@@ -153,6 +160,15 @@ def resize_error(images: Tensor, coarse_size: int = 32, fine_size: int = 16) -> 
 
     Returns:
         Mean squared error per coarse region, ``(B, H / coarse_size, W / coarse_size)``.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.msvit.demo import resize_error
+        >>> images = torch.zeros(1, 3, 64, 64)
+        >>> images[..., :32, :32] = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+        >>> resize_error(images, coarse_size=32, fine_size=16)  # only the noisy region loses detail
+        tensor([[[0.0675, 0.0000],
+                 [0.0000, 0.0000]]])
     """
     b, c, h, w = images.shape
     rh, rw = h // coarse_size, w // coarse_size
@@ -342,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     Example:
         >>> from gbs_loss.msvit.demo import main
         >>> main(["--steps", "600", "--out", "outputs/msvit_demo.png"])  # doctest: +SKIP
+        trained the gate for 600 steps in ...
         0
     """
     parser = _parser()

@@ -91,6 +91,12 @@ class DigitSplit(NamedTuple):
         train_labels: ``(N_train,)`` int64 classes 0-9.
         test_images: ``(N_test, 8, 8)`` float32 in ``[0, 1]``.
         test_labels: ``(N_test,)`` int64.
+
+    Example:
+        >>> from gbs_loss.msvit.tradeoff import load_digit_split
+        >>> split = load_digit_split()  # a DigitSplit
+        >>> split.test_images.shape, split.test_labels.dtype
+        (torch.Size([450, 8, 8]), torch.int64)
     """
 
     train_images: Tensor
@@ -108,6 +114,14 @@ def load_digit_split(test_fraction: float = 0.25, seed: int = 0) -> DigitSplit:
 
     Returns:
         A `DigitSplit`; the intensities ``0..16`` of the scans are divided by 16.
+
+    Example:
+        >>> from gbs_loss.msvit.tradeoff import load_digit_split
+        >>> split = load_digit_split(test_fraction=0.25, seed=0)
+        >>> split.train_images.shape, split.test_images.shape
+        (torch.Size([1347, 8, 8]), torch.Size([450, 8, 8]))
+        >>> split.train_labels[:5]
+        tensor([0, 3, 4, 5, 7])
     """
     if not 0 < test_fraction < 1:
         raise ValueError(f"load_digit_split: test_fraction must be in (0, 1), got {test_fraction}")
@@ -140,6 +154,11 @@ def load_backgrounds(names: tuple[str, ...] | list[str], short_side: int = 48) -
 
     Returns:
         One ``(3, h, w)`` float tensor in ``[0, 1]`` per photograph.
+
+    Example:
+        >>> from gbs_loss.msvit.tradeoff import load_backgrounds
+        >>> [tuple(photo.shape) for photo in load_backgrounds(("camera", "grass"))]
+        [(3, 48, 48), (3, 48, 48)]
     """
     from gbs_loss.msvit.demo import load_photo
 
@@ -159,6 +178,14 @@ class Canvases(NamedTuple):
         images: ``(B, 3, S, S)`` float32 in ``[0, 1]``.
         boxes: ``(B, 4)`` int64 pixel box ``(top, left, bottom, right)`` of each pasted digit (bottom and right
             exclusive); the digit's ink lies inside it.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.msvit.tradeoff import load_backgrounds, load_digit_split, make_canvases
+        >>> digits = load_digit_split().test_images[:2]
+        >>> canvases = make_canvases(digits, load_backgrounds(("camera",)), torch.Generator().manual_seed(0))
+        >>> canvases.images.shape, canvases.boxes.shape
+        (torch.Size([2, 3, 64, 64]), torch.Size([2, 4]))
     """
 
     images: Tensor
@@ -196,6 +223,21 @@ def make_canvases(
 
     Returns:
         `Canvases` of ``B`` images.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.msvit.tradeoff import load_backgrounds, load_digit_split, make_canvases
+        >>> digits = load_digit_split().test_images[:4]
+        >>> backgrounds = load_backgrounds(("camera", "grass"))
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> canvases = make_canvases(digits, backgrounds, gen, canvas_size=24, digit_sizes=(8, 8), lattice=4)
+        >>> canvases.images.shape
+        torch.Size([4, 3, 24, 24])
+        >>> canvases.boxes  # (top, left, bottom, right): 8-pixel digits at multiples of 4
+        tensor([[12,  8, 20, 16],
+                [16,  8, 24, 16],
+                [ 4, 16, 12, 24],
+                [16,  0, 24,  8]])
     """
     if digits.dim() != 3 or digits.shape[1:] != (8, 8):
         raise ValueError(f"make_canvases: digits must have shape (B, 8, 8), got {tuple(digits.shape)}")
@@ -245,6 +287,18 @@ def bernoulli_mask(batch: int, regions: tuple[int, int], rate: float | Tensor, g
 
     Returns:
         ``(batch, Rh, Rw)`` float32 mask of 0s and 1s.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.msvit.tradeoff import bernoulli_mask
+        >>> bernoulli_mask(2, (3, 3), 0.5, torch.Generator().manual_seed(0))
+        tensor([[[1., 0., 1.],
+                 [1., 1., 0.],
+                 [1., 0., 1.]],
+        <BLANKLINE>
+                [[0., 1., 1.],
+                 [1., 1., 1.],
+                 [0., 0., 0.]]])
     """
     rate = torch.as_tensor(rate, dtype=torch.float32)
     if bool(((rate < 0) | (rate > 1)).any()):
@@ -286,6 +340,12 @@ class TradeoffConfig:
         test_copies: Test canvases per held-out digit (different positions and backgrounds).
         seeds: Seeds of the runs (each seed: its own backbone, training canvases and initialisations).
         data_seed: Seed of the train/test split of the digits and of the test canvases.
+
+    Example:
+        >>> from gbs_loss.msvit.tradeoff import TradeoffConfig
+        >>> cfg = TradeoffConfig(epochs=1, targets=(0.5,))
+        >>> cfg.regions, cfg.ratio  # 3x3 regions of 8 pixels, each split into 2x2 fine patches of 4
+        ((3, 3), 2)
     """
 
     canvas_size: int = 24
@@ -341,6 +401,13 @@ class RunResult:
         mmacs: Mean multiply-accumulates per test image, in millions (encoder, embeddings and gate).
         seconds: Training time of this model (fine-tuning only).
         masks: Test masks ``(M, Rh, Rw)`` of the first test canvases (for the picture).
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.msvit.tradeoff import RunResult
+        >>> result = RunResult("msvit", 0.25, 0, 0.9, 13.5, 0.2, 0.5, 0.07, 1.0, torch.zeros(0, 3, 3))
+        >>> result.label
+        'MSViT 25%'
     """
 
     kind: Kind
@@ -414,6 +481,12 @@ def encoder_macs(tokens: Tensor, cfg: TradeoffConfig) -> Tensor:
 
     Returns:
         Float tensor of the same shape.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.msvit.tradeoff import TradeoffConfig, encoder_macs
+        >>> encoder_macs(torch.tensor([9, 36]), TradeoffConfig())  # all-coarse and all-fine images
+        tensor([ 602496., 2523168.], dtype=torch.float64)
     """
     t = tokens.double() + 1.0
     d, hidden = cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio)
@@ -460,6 +533,18 @@ def switch_forward(model: MixedScaleViT, images: Tensor) -> tuple[Tensor, Tensor
 
     Returns:
         ``(logits, soft, mask)``: the classifier's logits and the gate's soft values and hard mask.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.msvit import MixedScaleViT
+        >>> from gbs_loss.msvit.tradeoff import switch_forward
+        >>> model = MixedScaleViT(
+        ...     num_classes=10, image_size=24, coarse_size=8, fine_size=4, embed_dim=16, depth=1, num_heads=2
+        ... ).train()
+        >>> logits, soft, mask = switch_forward(model, torch.randn(2, 3, 24, 24))
+        >>> logits.shape, soft.shape, mask.shape
+        (torch.Size([2, 10]), torch.Size([2, 3, 3]), torch.Size([2, 3, 3]))
+        >>> logits.sum().backward()  # the gate's parameters get the switching gradient
     """
     gate = model.gate(images)
     mask = gate.mask
@@ -711,6 +796,14 @@ def run_tradeoff(
     Returns:
         ``(results, test_images, test_labels)``: one `RunResult` per model and seed (seed by seed, in
         the order of the runs), and the first ``keep`` test canvases with their labels.
+
+    Example:
+        >>> from gbs_loss.msvit.tradeoff import TradeoffConfig, run_tradeoff
+        >>> cfg = TradeoffConfig(embed_dim=16, depth=1, num_heads=2, pretrain_epochs=0, epochs=1, batch_size=256)
+        >>> cfg.test_copies, cfg.targets = 1, (0.5,)
+        >>> results, images, labels = run_tradeoff(cfg, progress=False, keep=2)  # a few seconds
+        >>> [r.label for r in results], images.shape
+        (['all-coarse', 'random gate 50%', 'MSViT 50%', 'all-fine'], torch.Size([2, 3, 24, 24]))
     """
     if jobs > 1 and len(cfg.seeds) > 1:
         from concurrent.futures import ProcessPoolExecutor
@@ -747,6 +840,15 @@ def format_table(results: list[RunResult], full_tokens: int) -> str:
 
     Returns:
         The table as text.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.msvit.tradeoff import RunResult, format_table
+        >>> result = RunResult("msvit", 0.25, 0, 0.9, 13.5, 0.2, 0.5, 0.07, 1.0, torch.zeros(0, 3, 3))
+        >>> print(format_table([result], full_tokens=36))
+        | model | seeds | tokens / image | of all-fine | split rate | digit regions split | MMAC / image | accuracy |
+        |---|---|---:|---:|---:|---:|---:|---:|
+        | MSViT 25% | 0 | 13.5 | 38% | 20.0% | 50% | 0.07 | 90.0% |
     """
     lines = [
         "| model | seeds | tokens / image | of all-fine | split rate | digit regions split | MMAC / image | accuracy |",
@@ -930,6 +1032,12 @@ def main(argv: list[str] | None = None) -> int:
 
     Returns:
         0 on success.
+
+    Example:
+        >>> from gbs_loss.msvit.tradeoff import main
+        >>> main(["--quick", "--quiet", "--out", "outputs/msvit_tradeoff.png"])  # doctest: +SKIP
+        MSViT accuracy against tokens: ...
+        0
     """
     parser = _parser()
     args = parser.parse_args(argv)

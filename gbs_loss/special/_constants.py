@@ -1,26 +1,26 @@
-r"""Numerical constants shared by every implementation (backend) of :func:`gbs_loss.betainc`.
+r"""Numerical constants shared by every implementation (backend) of `gbs_loss.betainc`.
 
 The torch-operator reference, the native CPU kernel and the Triton kernel read their numbers from here, so that
 they converge, switch methods and give up on exactly the same inputs.
 
-* :data:`MAX_STEPS` -- the continued fraction stops after this many steps on every device. An element that has
+* `MAX_STEPS` -- the continued fraction stops after this many steps on every device. An element that has
   not converged by then is reported as non-converged (NaN in the value and all three gradients). The number of
-  steps grows like :math:`\sqrt{\min(a, b)}` with ``x`` at the mean: 4096 steps cover :math:`a = b = 10^7` (about
-  1e7 at the mean); :math:`10^5` needs fewer than 400.
-* :data:`TOL` -- relative convergence test of the modified Lentz algorithm: an element has converged after the
-  first step where :math:`|C_n D_n - 1| \le` ``TOL`` and the increments of both log-derivatives are at most
+  steps grows like $\sqrt{\min(a, b)}$ with ``x`` at the mean: 4096 steps cover $a = b = 10^7$ (about
+  1e7 at the mean); $10^5$ needs fewer than 400.
+* `TOL` -- relative convergence test of the modified Lentz algorithm: an element has converged after the
+  first step where $|C_n D_n - 1| \le$ ``TOL`` and the increments of both log-derivatives are at most
   ``TOL`` times the log-derivatives themselves.
-* :data:`TINY` -- replaces an exact zero denominator in the Lentz recurrences (Thompson & Barnett 1986).
-* :data:`LARGE` -- above this, log-gamma and digamma differences use Stirling's series; the prefactor uses the
-  Stirling form when :math:`\min(a, b) \ge` ``LARGE``.
-* Complement series (defect 1 of issue 11): after the swap to :math:`I_{1-x}(b, a)`, with :math:`p` the new first
-  parameter, the series of :math:`\log J` is used instead of the fraction when :math:`p \le`
-  :data:`SERIES_P_MAX` (no bound on ``xx``: in the swapped region :math:`xx < (1+p)/(p+q+2) \le 0.6` and
-  :math:`q\,xx \lesssim 1.2`, so the terms decrease at least like :math:`0.6^j`). Terms are added until, after term
-  ``j``, both the term of :math:`T` and the term of :math:`\partial T / \partial q` are at most
-  :data:`SERIES_TOL` times the partial sums they are added to (or exactly zero); at most
-  :data:`SERIES_MAX_TERMS` terms, else the element is reported non-converged.
-* :data:`CHUNK_STEPS` -- the torch reference on accelerators runs the fraction in chunks of this many masked
+* `TINY` -- replaces an exact zero denominator in the Lentz recurrences (Thompson & Barnett 1986).
+* `LARGE` -- above this, log-gamma and digamma differences use Stirling's series; the prefactor uses the
+  Stirling form when $\min(a, b) \ge$ ``LARGE``.
+* Complement series (defect 1 of issue 11): after the swap to $I_{1-x}(b, a)$, with $p$ the new first
+  parameter, the series of $\log J$ is used instead of the fraction when $p \le$
+  `SERIES_P_MAX` (no bound on ``xx``: in the swapped region $xx < (1+p)/(p+q+2) \le 0.6$ and
+  $q\,xx \lesssim 1.2$, so the terms decrease at least like $0.6^j$). Terms are added until, after term
+  ``j``, both the term of $T$ and the term of $\partial T / \partial q$ are at most
+  `SERIES_TOL` times the partial sums they are added to (or exactly zero); at most
+  `SERIES_MAX_TERMS` terms, else the element is reported non-converged.
+* `CHUNK_STEPS` -- the torch reference on accelerators runs the fraction in chunks of this many masked
   steps and checks once per chunk whether every element has converged (one host synchronisation per chunk).
 """
 

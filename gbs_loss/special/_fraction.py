@@ -5,11 +5,11 @@ Both are written in torch operations over whole tensors, and come in two modes:
 * **compact** (CPU): converged elements leave the working set at a few checkpoints, so an easy element costs a
   dozen steps and only the hard ones run long (the checkpoints synchronise with the host, which is free on CPU);
 * **masked** (accelerators without a fused kernel): every element runs in chunks of
-  :data:`~gbs_loss.special._constants.CHUNK_STEPS` steps with convergence masks; between chunks one host
+  `CHUNK_STEPS` steps with convergence masks; between chunks one host
   synchronisation asks whether all have converged. The fused Triton kernel never synchronises; this fallback
   does, once per chunk.
 
-Both modes stop at the same cap, :data:`~gbs_loss.special._constants.MAX_STEPS`, and flag the same elements as
+Both modes stop at the same cap, `MAX_STEPS`, and flag the same elements as
 non-converged as the native and Triton kernels.
 
 References:
@@ -34,7 +34,9 @@ __all__ = ["complement_series", "continued_fraction"]
 _SERIES_CHUNK = 8
 
 
-def _fraction_coefficients(n: int, p: Tensor, q: Tensor, x: Tensor, y: Tensor, inv: dict[str, Tensor]):
+def _fraction_coefficients(
+    n: int, p: Tensor, q: Tensor, x: Tensor, y: Tensor, inv: dict[str, Tensor]
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Coefficients ``alpha_n``, ``beta_n`` of the fraction and their derivatives with respect to ``(p, q)``.
 
     ``inv`` holds loop invariants: ``pq`` (p + q), ``x2`` (x^2), ``yp1`` (1 + y), ``one_lam`` (1 + lambda).
@@ -76,11 +78,13 @@ def _check_now(n: int) -> bool:
     return (n >= 8 and n % 4 == 0 and n <= 32) or (n > 32 and n % 8 == 0)
 
 
-def _lentz_step(n: int, p: Tensor, q: Tensor, x: Tensor, y: Tensor, inv: dict[str, Tensor], state: dict[str, Tensor]):
+def _lentz_step(
+    n: int, p: Tensor, q: Tensor, x: Tensor, y: Tensor, inv: dict[str, Tensor], state: dict[str, Tensor]
+) -> tuple[Tensor, Tensor]:
     r"""One step of the differentiated modified Lentz recurrences; returns ``(C_n D_n, increment of d log G)``.
 
-    ``state`` holds ``d`` (:math:`D_{n-1}`), ``inv_c`` (:math:`1 / C_{n-1}`) and the relative derivatives ``rc``,
-    ``rd`` (:math:`\dot C/C`, :math:`\dot D/D`, stacked over ``(p, q)``); it is updated in place.
+    ``state`` holds ``d`` ($D_{n-1}$), ``inv_c`` ($1 / C_{n-1}$) and the relative derivatives ``rc``,
+    ``rd`` ($\dot C/C$, $\dot D/D$, stacked over ``(p, q)``); it is updated in place.
     """
     al, be, da, db = _fraction_coefficients(n, p, q, x, y, inv)
     d, inv_c = state["d"], state["inv_c"]
@@ -98,37 +102,37 @@ def _lentz_step(n: int, p: Tensor, q: Tensor, x: Tensor, y: Tensor, inv: dict[st
 
 
 def _converged(factor: Tensor, inc: Tensor, dg: Tensor) -> Tensor:
-    """The convergence test of every backend: :math:`|C_n D_n - 1|` and both relative increments within TOL."""
+    """The convergence test of every backend: $|C_n D_n - 1|$ and both relative increments within TOL."""
     return ((factor - 1.0).abs() <= TOL) & (inc.abs() <= TOL * dg.abs()).all(dim=0)
 
 
 def continued_fraction(
     p: Tensor, q: Tensor, x: Tensor, y: Tensor, lam: Tensor, compact: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    r"""Evaluate :math:`G` in :math:`I_x(p, q) = x^p y^q / (p\,B(p, q)\,G)` and its log-derivatives.
+    r"""Evaluate $G$ in $I_x(p, q) = x^p y^q / (p\,B(p, q)\,G)$ and its log-derivatives.
 
     The fraction is the even contraction of the classical one, written with
-    :math:`\lambda = (p+q)y - q` so that no step cancels when :math:`x` is close to 1 (Didonato & Morris 1992,
+    $\lambda = (p+q)y - q$ so that no step cancels when $x$ is close to 1 (Didonato & Morris 1992,
     the fraction behind ``bfrac``; coefficients re-derived here):
 
-    .. math::
+    $$
+    G = \beta_0 + \cfrac{\alpha_1}{\beta_1 + \cfrac{\alpha_2}{\beta_2 + \cdots}},\qquad
+    \beta_0 = \frac{1+\lambda}{p+1},\quad
+    \alpha_n = \frac{(p+n-1)(p+q+n-1)\,n(q-n)\,x^2}{(p+2n-1)^2}\ (\alpha_1 \text{ divided by } p),
 
-        G = \beta_0 + \cfrac{\alpha_1}{\beta_1 + \cfrac{\alpha_2}{\beta_2 + \cdots}},\qquad
-        \beta_0 = \frac{1+\lambda}{p+1},\quad
-        \alpha_n = \frac{(p+n-1)(p+q+n-1)\,n(q-n)\,x^2}{(p+2n-1)^2}\ (\alpha_1 \text{ divided by } p),
+    \beta_n = n + \frac{n(q-n)x}{p+2n-1} + \frac{p+n}{p+2n+1}\left(1 + \lambda + n(1+y)\right).
+    $$
 
-        \beta_n = n + \frac{n(q-n)x}{p+2n-1} + \frac{p+n}{p+2n+1}\left(1 + \lambda + n(1+y)\right).
-
-    Modified Lentz algorithm, differentiated in forward mode: with :math:`C_n = \beta_n + \alpha_n / C_{n-1}`,
-    :math:`D_n = 1 / (\beta_n + \alpha_n D_{n-1})` and :math:`G_n = G_{n-1} C_n D_n`, the relative derivatives
-    :math:`\dot C_n / C_n` and :math:`\dot D_n / D_n` obey first-order recurrences, and
-    :math:`\partial \log G = \sum_n (\dot C_n / C_n + \dot D_n / D_n)`. An element stops after the first step
-    that passes the convergence test, at most :data:`MAX_STEPS` steps.
+    Modified Lentz algorithm, differentiated in forward mode: with $C_n = \beta_n + \alpha_n / C_{n-1}$,
+    $D_n = 1 / (\beta_n + \alpha_n D_{n-1})$ and $G_n = G_{n-1} C_n D_n$, the relative derivatives
+    $\dot C_n / C_n$ and $\dot D_n / D_n$ obey first-order recurrences, and
+    $\partial \log G = \sum_n (\dot C_n / C_n + \dot D_n / D_n)$. An element stops after the first step
+    that passes the convergence test, at most `MAX_STEPS` steps.
 
     Args:
         p, q: Parameters of the fraction (after the swap), float64.
         x, y: ``xx`` and ``yy = 1 - xx`` (one of them exact), float64.
-        lam: :math:`\lambda = (p+q)y - q`, accurate to a few ulps of itself.
+        lam: $\lambda = (p+q)y - q$, accurate to a few ulps of itself.
         compact: Working-set compaction (CPU) instead of masked chunks.
 
     Shape:
@@ -136,6 +140,22 @@ def continued_fraction(
 
     Returns:
         ``(log G, d log G / dp, d log G / dq, converged)``.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss import betainc
+        >>> from gbs_loss.special._fraction import continued_fraction
+        >>> from gbs_loss.special._prefactor import lambda_dd, log_prefactor
+        >>> p = torch.tensor([2.0, 50.0], dtype=torch.float64)
+        >>> q = torch.tensor([3.0, 40.0], dtype=torch.float64)
+        >>> x = torch.tensor([0.25, 0.5], dtype=torch.float64)
+        >>> lam = lambda_dd(p, q, x, 1.0 - x, torch.ones(2, dtype=torch.bool))
+        >>> log_g, _, _, converged = continued_fraction(p, q, x, 1.0 - x, lam, compact=True)
+        >>> converged
+        tensor([True, True])
+        >>> i = torch.exp(log_prefactor(p, q, lam, x.log(), torch.log1p(-x)) - p.log() - log_g)
+        >>> i, torch.allclose(i, betainc(p, q, x))
+        (tensor([0.2617, 0.1445], dtype=torch.float64), True)
     """
     out_g = torch.empty_like(x)
     out_dg = torch.empty((2, *x.shape), dtype=x.dtype, device=x.device)
@@ -164,6 +184,7 @@ def continued_fraction(
             if bool(done.all()):  # one host synchronisation per chunk
                 break
         return torch.log(g), dg[0], dg[1], done
+    assert idx is not None  # compact mode
     for n in range(1, MAX_STEPS + 1):
         factor, inc = _lentz_step(n, p, q, x, y, inv, state)
         g.mul_(factor)
@@ -191,12 +212,12 @@ def continued_fraction(
 
 
 def _series_sums(p: Tensor, q: Tensor, xx: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    r"""The sums :math:`T`, :math:`\partial T/\partial p`, :math:`\partial T/\partial q` and a convergence flag.
+    r"""The sums $T$, $\partial T/\partial p$, $\partial T/\partial q$ and a convergence flag.
 
-    :math:`T = \sum_{j\ge1} t_j / (p + j)` with :math:`t_j = (1-q)_j\,xx^j / j!`; each element stops after the
-    first term ``j`` whose contributions to :math:`T` and :math:`\partial T / \partial q` are at most
-    :data:`SERIES_TOL` times the sums (see :mod:`gbs_loss.special._constants`), at most
-    :data:`SERIES_MAX_TERMS` terms. Converged elements are frozen (masked), and the loop ends when all have
+    $T = \sum_{j\ge1} t_j / (p + j)$ with $t_j = (1-q)_j\,xx^j / j!$; each element stops after the
+    first term ``j`` whose contributions to $T$ and $\partial T / \partial q$ are at most
+    `SERIES_TOL` times the sums (see `gbs_loss.special._constants`), at most
+    `SERIES_MAX_TERMS` terms. Converged elements are frozen (masked), and the loop ends when all have
     converged (checked every few terms, a host synchronisation; the series is short and runs only on the
     elements that need it in compact mode).
     """
@@ -223,25 +244,38 @@ def _series_sums(p: Tensor, q: Tensor, xx: Tensor) -> tuple[Tensor, Tensor, Tens
 
 
 def complement_series(p: Tensor, q: Tensor, xx: Tensor, logxx: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    r"""``(log J, d log J / dp, d log J / dq, converged)`` for :math:`J = I_{xx}(p, q)` by its power series.
+    r"""``(log J, d log J / dp, d log J / dq, converged)`` for $J = I_{xx}(p, q)$ by its power series.
 
-    Used when :math:`J` is close to 1 and :math:`1 - J` is wanted (TOMS 708 ``bpser``; the series re-derived):
+    Used when $J$ is close to 1 and $1 - J$ is wanted (TOMS 708 ``bpser``; the series re-derived):
 
-    .. math::
+    $$
+    J = \frac{xx^p}{p\,B(p,q)}\Big(1 + p\,T\Big),\qquad
+    T = \sum_{j\ge1} \frac{(1-q)_j}{j!}\,\frac{xx^j}{p+j},
+    $$
 
-        J = \frac{xx^p}{p\,B(p,q)}\Big(1 + p\,T\Big),\qquad
-        T = \sum_{j\ge1} \frac{(1-q)_j}{j!}\,\frac{xx^j}{p+j},
-
-    and :math:`\log J = p\log xx - \log\Gamma(1+p) + \log\Gamma(p+q) - \log\Gamma(q) + \log(1 + pT)` is a
-    sum of terms of order :math:`p`, so :math:`1 - J = -\mathrm{expm1}(\log J)` keeps full relative precision.
-    Used for :math:`p \le` ``SERIES_P_MAX`` after the swap, where :math:`xx \le 0.6` and :math:`q\,xx \lesssim 1.2`.
+    and $\log J = p\log xx - \log\Gamma(1+p) + \log\Gamma(p+q) - \log\Gamma(q) + \log(1 + pT)$ is a
+    sum of terms of order $p$, so $1 - J = -\mathrm{expm1}(\log J)$ keeps full relative precision.
+    Used for $p \le$ ``SERIES_P_MAX`` after the swap, where $xx \le 0.6$ and $q\,xx \lesssim 1.2$.
 
     Args:
-        p, q: Parameters after the swap, :math:`p \le 0.2`.
+        p, q: Parameters after the swap, $p \le 0.2$.
         xx: The point after the swap; ``logxx`` its logarithm.
 
     Shape:
         All arguments one shape; the outputs too.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss import betainc
+        >>> from gbs_loss.special._fraction import complement_series
+        >>> p = torch.tensor([1e-3], dtype=torch.float64)
+        >>> q = torch.tensor([2.0], dtype=torch.float64)
+        >>> xx = torch.tensor([0.1], dtype=torch.float64)
+        >>> log_j, _, _, converged = complement_series(p, q, xx, xx.log())
+        >>> converged, -torch.expm1(log_j)  # 1 - I_0.1(0.001, 2) = I_0.9(2, 0.001)
+        (tensor([True]), tensor([0.0014], dtype=torch.float64))
+        >>> torch.allclose(-torch.expm1(log_j), betainc(q, p, 1.0 - xx))
+        True
     """
     big_t, dtp, dtq, converged = _series_sums(p, q, xx)
     pt = p * big_t

@@ -1,23 +1,23 @@
-r"""The reference per-element computation of :math:`I_x(a, b)` and its three partial derivatives, in torch operations.
+r"""The reference per-element computation of $I_x(a, b)$ and its three partial derivatives, in torch operations.
 
-This is the body of the "torch" backend (:mod:`gbs_loss.special.backends.torch_ops`) and the readable statement of
-the algorithm that the native and Triton kernels implement element by element. With :math:`y = 1 - x`:
+This is the body of the "torch" backend (`gbs_loss.special.backends.torch_ops`) and the readable statement of
+the algorithm that the native and Triton kernels implement element by element. With $y = 1 - x$:
 
-1. **Invalid inputs and ends.** :math:`a \le 0`, :math:`b \le 0`, non-finite parameters, :math:`x \notin [0, 1]`
-   or NaN give NaN in all four outputs. :math:`I_0 = 0`, :math:`I_1 = 1`, with zero parameter gradients and the
-   density's one-sided limit as the :math:`x`-gradient where it is finite (``b`` at 0 when :math:`a = 1`, ``a``
-   at 1 when :math:`b = 1`), 0 where it diverges.
-2. **Swap.** Above :math:`x = (a+1)/(a+b+2)` the symmetry :math:`I_x(a, b) = 1 - I_y(b, a)` is used:
-   :math:`J = I_{xx}(p, q)` with :math:`(p, q, xx) = (b, a, y)`; otherwise :math:`(a, b, x)`.
-3. **Prefactor** :math:`K = xx^p\,yy^q / B(p, q)` in logarithms (:mod:`gbs_loss.special._prefactor`), with
-   :math:`\lambda = (p+q)\,yy - q` in double-double arithmetic.
-4. **Continued fraction** :math:`J = K / (p\,G)` with :math:`\partial \log G` in forward mode
-   (:mod:`gbs_loss.special._fraction`); :math:`\partial_p \log K = \log xx + \psi(p+q) - \psi(p+1)`,
-   :math:`\partial_q \log K = \log yy + \psi(p+q) - \psi(q)` by cancellation-free digamma differences.
-5. **Complement series.** After a swap with :math:`p \le 0.2` (:data:`~gbs_loss.special._constants.SERIES_P_MAX`)
-   :math:`J` is close to 1 and :math:`1 - J` would cancel: :math:`\log J` is summed as a power series instead and
-   the value is :math:`-\mathrm{expm1}(\log J)`.
-6. **Non-convergence** of the fraction (more than :data:`~gbs_loss.special._constants.MAX_STEPS` steps, far
+1. **Invalid inputs and ends.** $a \le 0$, $b \le 0$, non-finite parameters, $x \notin [0, 1]$
+   or NaN give NaN in all four outputs. $I_0 = 0$, $I_1 = 1$, with zero parameter gradients and the
+   density's one-sided limit as the $x$-gradient where it is finite (``b`` at 0 when $a = 1$, ``a``
+   at 1 when $b = 1$), 0 where it diverges.
+2. **Swap.** Above $x = (a+1)/(a+b+2)$ the symmetry $I_x(a, b) = 1 - I_y(b, a)$ is used:
+   $J = I_{xx}(p, q)$ with $(p, q, xx) = (b, a, y)$; otherwise $(a, b, x)$.
+3. **Prefactor** $K = xx^p\,yy^q / B(p, q)$ in logarithms (`gbs_loss.special._prefactor`), with
+   $\lambda = (p+q)\,yy - q$ in double-double arithmetic.
+4. **Continued fraction** $J = K / (p\,G)$ with $\partial \log G$ in forward mode
+   (`gbs_loss.special._fraction`); $\partial_p \log K = \log xx + \psi(p+q) - \psi(p+1)$,
+   $\partial_q \log K = \log yy + \psi(p+q) - \psi(q)$ by cancellation-free digamma differences.
+5. **Complement series.** After a swap with $p \le 0.2$ (`SERIES_P_MAX`)
+   $J$ is close to 1 and $1 - J$ would cancel: $\log J$ is summed as a power series instead and
+   the value is $-\mathrm{expm1}(\log J)$.
+6. **Non-convergence** of the fraction (more than `MAX_STEPS` steps, far
    outside the documented domain) or of the series gives NaN rather than a wrong number.
 """
 
@@ -38,16 +38,23 @@ __all__ = ["betainc_kernel", "parameter_terms"]
 def parameter_terms(a: Tensor, b: Tensor) -> dict[str, Tensor]:
     r"""Everything that depends on ``(a, b)`` only, for both orientations of the fraction.
 
-    ``lbeta`` is :math:`\log B(a, b)`, ``stirling`` the parameter part of the Stirling prefactor (zero where
-    :math:`\min(a, b) < 10`), and ``d_*`` the digamma differences of the log-derivatives of the prefactor:
-    unswapped, ``p = a`` needs :math:`\psi(a+b) - \psi(a+1)` (``d_a1``) and ``q = b`` needs
-    :math:`\psi(a+b) - \psi(b)` (``d_b``); swapped, the same with ``a`` and ``b`` exchanged (``d_b1``, ``d_a``).
+    ``lbeta`` is $\log B(a, b)$, ``stirling`` the parameter part of the Stirling prefactor (zero where
+    $\min(a, b) < 10$), and ``d_*`` the digamma differences of the log-derivatives of the prefactor:
+    unswapped, ``p = a`` needs $\psi(a+b) - \psi(a+1)$ (``d_a1``) and ``q = b`` needs
+    $\psi(a+b) - \psi(b)$ (``d_b``); swapped, the same with ``a`` and ``b`` exchanged (``d_b1``, ``d_a``).
 
     Args:
         a, b: Valid (positive, finite) float64 parameters of one shape.
 
     Returns:
         A dict of float64 tensors of that shape.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.special._kernel import parameter_terms
+        >>> terms = parameter_terms(torch.tensor([2.0], dtype=torch.float64), torch.tensor([3.0], dtype=torch.float64))
+        >>> sorted(terms), terms["lbeta"]
+        (['d_a', 'd_a1', 'd_b', 'd_b1', 'lbeta', 'stirling'], tensor([-2.4849], dtype=torch.float64))
     """
     large = torch.minimum(a, b) >= LARGE
     digammas = digamma_diffs((a + 1.0, b - 1.0), (b, a), (b + 1.0, a - 1.0), (a, b))
@@ -59,7 +66,7 @@ def parameter_terms(a: Tensor, b: Tensor) -> dict[str, Tensor]:
 
 
 def betainc_kernel(a: Tensor, b: Tensor, x: Tensor, compact: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    r"""Value and the three partial derivatives of :math:`I_x(a, b)`, following the backend contract.
+    r"""Value and the three partial derivatives of $I_x(a, b)$, following the backend contract.
 
     Element ``i`` of ``x`` uses ``a[i % m]`` and ``b[i % m]``. When ``m < n`` (one ``(a, b)`` shared by many
     ``x``, as in a loss with per-position priors) the parameter-only terms are computed once per parameter.
@@ -71,6 +78,18 @@ def betainc_kernel(a: Tensor, b: Tensor, x: Tensor, compact: bool) -> tuple[Tens
 
     Returns:
         ``(I, dI/da, dI/db, dI/dx)``, four float64 tensors of shape ``(n,)``.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.special._kernel import betainc_kernel
+        >>> a = torch.tensor([2.0], dtype=torch.float64)
+        >>> b = torch.tensor([3.0], dtype=torch.float64)
+        >>> x = torch.tensor([0.0, 0.25, 0.5, 1.0], dtype=torch.float64)
+        >>> value, d_a, d_b, d_x = betainc_kernel(a, b, x, compact=True)
+        >>> value
+        tensor([0.0000, 0.2617, 0.6875, 1.0000], dtype=torch.float64)
+        >>> d_x  # the Beta(2, 3) density; 0 at the ends, where it is 0 too
+        tensor([0.0000, 1.6875, 1.5000, 0.0000], dtype=torch.float64)
     """
     n, m = x.numel(), a.numel()
     par_valid = (a > 0) & (b > 0) & torch.isfinite(a) & torch.isfinite(b)
@@ -101,7 +120,7 @@ def betainc_kernel(a: Tensor, b: Tensor, x: Tensor, compact: bool) -> tuple[Tens
     logyy = torch.where(swap, logx, logy)
     # lambda = (p + q) yy - q, from x itself (exact) rather than from the rounded 1 - x.
     lam = lambda_dd(p, q, xx, yy, ~swap)
-    if shared:
+    if terms is not None:  # shared
         params = (flat(terms["stirling"]), flat(terms["lbeta"]))
         dig_p = torch.where(swap, flat(terms["d_b1"]), flat(terms["d_a1"]))
         dig_q = torch.where(swap, flat(terms["d_a"]), flat(terms["d_b"]))
@@ -157,4 +176,9 @@ def betainc_kernel(a: Tensor, b: Tensor, x: Tensor, compact: bool) -> tuple[Tens
     end_dx = torch.where(at0 & (a_s == 1), b_s, torch.where(at1 & (b_s == 1), a_s, zero))
     d_x = torch.where(ends, end_dx, d_x)
     nan = torch.full_like(x, float("nan"))
-    return tuple(torch.where(valid, t, nan) for t in (value, d_a, d_b, d_x))
+    return (
+        torch.where(valid, value, nan),
+        torch.where(valid, d_a, nan),
+        torch.where(valid, d_b, nan),
+        torch.where(valid, d_x, nan),
+    )

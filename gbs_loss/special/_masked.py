@@ -29,6 +29,13 @@ def piecewise(
 
     Returns:
         A tensor of the shape of the arguments.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.special._masked import piecewise
+        >>> x = torch.tensor([-1.0, 4.0, 9.0])
+        >>> piecewise(x > 0, torch.sqrt, (x,), (1.0,), compact=False)
+        tensor([0., 2., 3.])
     """
     if compact:
         out = torch.zeros_like(args[0])

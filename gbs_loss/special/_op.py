@@ -1,14 +1,14 @@
-r"""The operator layer of :func:`gbs_loss.betainc`: the custom op, the autograd function and its backward.
+r"""The operator layer of `gbs_loss.betainc`: the custom op, the autograd function and its backward.
 
-* ``gbs_loss::betainc_with_grads`` is a :mod:`torch.library` custom operator (returning the four results as one
+* ``gbs_loss::betainc_with_grads`` is a `torch.library` custom operator (returning the four results as one
   ``(4, n)`` tensor) with a fake-tensor implementation:
-  under :func:`torch.compile` the torch and native backends are one opaque node (no graph break). Its body asks
-  :mod:`gbs_loss.special.backends` for the strategy.
+  under `torch.compile` the torch and native backends are one opaque node (no graph break). Its body asks
+  `gbs_loss.special.backends` for the strategy.
 * The Triton backend is called above the opaque operator, directly from the autograd function, so that
-  :func:`torch.compile` sees its ``torch.library.triton_op`` and the kernel inside it. In eager mode every
+  `torch.compile` sees its ``torch.library.triton_op`` and the kernel inside it. In eager mode every
   backend is called directly (the dispatcher of a custom op costs more than the whole computation at small
   sizes).
-* :class:`BetaincFunction` saves the three partial derivatives that the forward computes anyway; its backward is
+* `BetaincFunction` saves the three partial derivatives that the forward computes anyway; its backward is
   one multiplication per input that needs a gradient, then a sum to the input's shape where the input was
   broadcast. Second derivatives are not implemented: the first derivatives are marked so that differentiating
   them raises a clear ``RuntimeError`` instead of silently returning zeros.
@@ -17,15 +17,20 @@ r"""The operator layer of :func:`gbs_loss.betainc`: the custom op, the autograd 
 from __future__ import annotations
 
 import math
+from typing import NoReturn
 
 import torch
 from torch import Tensor
+from torch.autograd.function import FunctionCtx
 
 from gbs_loss.special import backends
 
-__all__ = ["BetaincFunction", "betainc_with_grads_op", "evaluate"]
+__all__ = ["BetaincFunction", "Plan", "betainc_block", "betainc_with_grads_op", "evaluate"]
 
 F64 = torch.float64
+
+Plan = tuple[torch.Size, torch.Size, bool, torch.dtype]
+"""``(out_shape, ab_shape, shared, dtype)``: see `BetaincFunction`."""
 
 
 def _as_block(outs: tuple[Tensor, ...], n: int) -> Tensor:
@@ -36,7 +41,7 @@ def _as_block(outs: tuple[Tensor, ...], n: int) -> Tensor:
         base is not None
         and base.shape == (4, n)
         and base.is_contiguous()
-        and all(o._base is base and o.data_ptr() == base[i].data_ptr() for i, o in enumerate(outs))
+        and all(o._base is base and o.storage_offset() == base.storage_offset() + i * n for i, o in enumerate(outs))
     ):
         return base
     return torch.stack(outs)
@@ -46,8 +51,19 @@ def _as_block(outs: tuple[Tensor, ...], n: int) -> Tensor:
 def betainc_with_grads_op(a: Tensor, b: Tensor, x: Tensor) -> Tensor:
     """Opaque operator: ``(I, dI/da, dI/db, dI/dx)`` stacked into one ``(4, n)`` float64 tensor.
 
-    Arguments as in the backend contract (:mod:`.backends`); the torch or native backend is chosen by
-    :func:`.backends.get`.
+    Arguments as in the backend contract (`.backends`); the torch or native backend is chosen by
+    `.backends.get`.
+
+    Example:
+        >>> import torch
+        >>> a = torch.tensor([2.0], dtype=torch.float64)
+        >>> b = torch.tensor([3.0], dtype=torch.float64)
+        >>> x = torch.tensor([0.25, 0.5], dtype=torch.float64)
+        >>> torch.ops.gbs_loss.betainc_with_grads(a, b, x)
+        tensor([[ 0.2617,  0.6875],
+                [-0.2281, -0.1953],
+                [ 0.1069,  0.1541],
+                [ 1.6875,  1.5000]], dtype=torch.float64)
     """
     return _as_block(tuple(backends.get(x.device)(a, b, x)), x.numel())
 
@@ -57,9 +73,9 @@ def _(a: Tensor, b: Tensor, x: Tensor) -> Tensor:
     return torch.empty((4, x.numel()), dtype=F64, device=x.device)
 
 
-@torch.compiler.assume_constant_result
+@torch.compiler.assume_constant_result  # type: ignore[untyped-decorator]  # unannotated in torch
 def _triton_selected(device_type: str) -> bool:
-    """Whether the Triton backend runs for this device type; evaluated once when :func:`torch.compile` traces."""
+    """Whether the Triton backend runs for this device type; evaluated once when `torch.compile` traces."""
     return backends.resolve(torch.device(device_type)) == "triton"
 
 
@@ -67,14 +83,44 @@ def _compute(a: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, T
     """The four outputs through the chosen backend; under tracing, through an operator the compiler can see."""
     if torch.compiler.is_compiling():
         if _triton_selected(x.device.type):
-            return backends._modules["triton"].betainc_with_grads(a, b, x)
-        return torch.ops.gbs_loss.betainc_with_grads(a, b, x).unbind(0)
+            triton_backend = backends._modules["triton"]
+            assert triton_backend is not None  # selected, so imported
+            outs: tuple[Tensor, Tensor, Tensor, Tensor] = triton_backend.betainc_with_grads(a, b, x)
+            return outs
+        block: Tensor = torch.ops.gbs_loss.betainc_with_grads(a, b, x)
+        value, d_a, d_b, d_x = block.unbind(0)
+        return value, d_a, d_b, d_x
     return backends.get(x.device)(a, b, x)
+
+
+def betainc_block(a: Tensor, b: Tensor, x: Tensor) -> Tensor:
+    """``(I, dI/da, dI/db, dI/dx)`` as the rows of one ``(4, n)`` float64 tensor, from the chosen backend.
+
+    Arguments as in the backend contract (`.backends`). For callers that fuse `betainc` into their own autograd
+    node (the losses' Beta path): the backend is chosen as for `betainc` itself (`_compute`); the rows of the
+    native and Triton backends are returned as their buffer, without a copy.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.special._op import betainc_block
+        >>> a = torch.tensor([2.0], dtype=torch.float64)
+        >>> b = torch.tensor([3.0], dtype=torch.float64)
+        >>> betainc_block(a, b, torch.tensor([0.25, 0.5], dtype=torch.float64))
+        tensor([[ 0.2617,  0.6875],
+                [-0.2281, -0.1953],
+                [ 0.1069,  0.1541],
+                [ 1.6875,  1.5000]], dtype=torch.float64)
+    """
+    outs = _compute(a, b, x)
+    if torch.compiler.is_compiling():
+        return torch.stack(outs)
+    return _as_block(outs, x.numel())
 
 
 def _flat64(t: Tensor, shape: torch.Size, n: int) -> Tensor:
     """``t`` expanded to ``shape`` and flattened, as a contiguous float64 tensor (one copy at most)."""
-    if t.dtype == F64 and t.shape == shape and t.is_contiguous():
+    if t.shape == shape and t.is_contiguous():
+        t = t if t.dtype == F64 else t.to(F64)
         return t if t.dim() == 1 else t.view(n)
     out = torch.empty(shape, dtype=F64, device=t.device)
     out.copy_(t.expand(shape))
@@ -90,25 +136,35 @@ def _finite_cast(t: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 class _NoDoubleBackward(torch.autograd.Function):
-    """Identity whose backward raises: marks first derivatives of :func:`betainc` as not differentiable."""
+    """Identity whose backward raises: marks first derivatives of `betainc` as not differentiable."""
 
     @staticmethod
-    def forward(ctx, t: Tensor, *inputs: Tensor) -> Tensor:
+    def forward(ctx: FunctionCtx, t: Tensor, *inputs: Tensor) -> Tensor:
         # ``inputs`` (the arguments of betainc) only link the result to the graph of the first derivative.
         return t.clone()
 
     @staticmethod
-    def backward(ctx, *grads: Tensor):
+    def backward(ctx: FunctionCtx, *grads: Tensor) -> NoReturn:
         raise RuntimeError(
             "betainc supports first derivatives only: second derivatives (double backward, e.g. "
             "torch.autograd.grad(..., create_graph=True) followed by another backward) are not implemented"
         )
 
 
-def evaluate(a: Tensor, b: Tensor, x: Tensor, plan: tuple) -> tuple[Tensor, tuple[Tensor, ...]]:
+def evaluate(a: Tensor, b: Tensor, x: Tensor, plan: Plan) -> tuple[Tensor, tuple[Tensor, ...]]:
     """The value (in the output dtype, of the output shape) and the three flat float64 partial derivatives.
 
-    ``plan`` as in :class:`BetaincFunction`. Called directly when no gradient is needed.
+    ``plan`` as in `BetaincFunction`. Called directly when no gradient is needed.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.special._op import evaluate
+        >>> a = torch.tensor([2.0], dtype=torch.float64)
+        >>> b = torch.tensor([3.0], dtype=torch.float64)
+        >>> x = torch.tensor([0.25, 0.5], dtype=torch.float64)
+        >>> value, (d_a, d_b, d_x) = evaluate(a, b, x, (x.shape, a.shape, True, torch.float32))
+        >>> value, d_x
+        (tensor([0.2617, 0.6875]), tensor([1.6875, 1.5000], dtype=torch.float64))
     """
     out_shape, ab_shape, shared, dtype = plan
     n = math.prod(out_shape)
@@ -123,16 +179,37 @@ def evaluate(a: Tensor, b: Tensor, x: Tensor, plan: tuple) -> tuple[Tensor, tupl
     return (value if dtype == F64 else value.to(dtype)), derivs
 
 
+class _BetaincCtx(FunctionCtx):
+    """The autograd context of `BetaincFunction`: what its forward stores for the backward (typing only)."""
+
+    plan: Plan
+    shapes: tuple[torch.Size, torch.Size, torch.Size]
+    dtypes: tuple[torch.dtype, torch.dtype, torch.dtype]
+    saved_tensors: tuple[Tensor, ...]
+    needs_input_grad: tuple[bool, ...]
+
+
 class BetaincFunction(torch.autograd.Function):
-    r""":math:`I_x(a, b)` with its three partial derivatives saved for the backward.
+    r"""$I_x(a, b)$ with its three partial derivatives saved for the backward.
 
     ``plan = (out_shape, ab_shape, shared, dtype)``: the broadcast shape of all three arguments, that of ``a`` and
     ``b``, whether ``(a, b)`` broadcast along leading dimensions only (then they are passed as ``m`` parameters,
     one per trailing position, and the parameter terms are computed once each), and the output dtype.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.special._op import BetaincFunction
+        >>> a = torch.tensor([2.0], dtype=torch.float64, requires_grad=True)
+        >>> b = torch.tensor([3.0], dtype=torch.float64)
+        >>> x = torch.tensor([0.25, 0.5], dtype=torch.float64)
+        >>> value = BetaincFunction.apply(a, b, x, (x.shape, a.shape, True, torch.float64))
+        >>> value.sum().backward()
+        >>> a.grad  # the two partial derivatives with respect to a, summed over the shared parameter
+        tensor([-0.4233], dtype=torch.float64)
     """
 
     @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor, x: Tensor, plan: tuple) -> Tensor:
+    def forward(ctx: _BetaincCtx, a: Tensor, b: Tensor, x: Tensor, plan: Plan) -> Tensor:
         value, derivs = evaluate(a, b, x, plan)
         ctx.save_for_backward(*derivs, a, b, x)  # a, b, x: to link the first derivatives under create_graph
         ctx.plan = plan
@@ -141,14 +218,14 @@ class BetaincFunction(torch.autograd.Function):
         return value
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
+    def backward(ctx: _BetaincCtx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
         out_shape, ab_shape, shared, _ = ctx.plan
         n = math.prod(out_shape)
         g = grad if grad.dim() == 1 else grad.reshape(n)
         if g.dtype != F64:
             g = g.to(F64)
         *derivs, a, b, x = ctx.saved_tensors
-        grads = []
+        grads: list[Tensor | None] = []
         for i, deriv in enumerate(derivs):
             if not ctx.needs_input_grad[i]:
                 grads.append(None)
@@ -163,5 +240,7 @@ class BetaincFunction(torch.autograd.Function):
                 out = out.sum_to_size(ctx.shapes[i])
             out = _finite_cast(out, ctx.dtypes[i])
             # Under create_graph the result would silently miss the second-order terms: make that an error.
-            grads.append(_NoDoubleBackward.apply(out, a, b, x) if torch.is_grad_enabled() else out)
-        return (*grads, None)
+            if torch.is_grad_enabled():
+                out = _NoDoubleBackward.apply(out, a, b, x)  # type: ignore[no-untyped-call]  # unannotated in torch
+            grads.append(out)
+        return grads[0], grads[1], grads[2], None

@@ -1,11 +1,11 @@
-r"""The prefactor :math:`x^a y^b / B(a, b)` of the incomplete beta function, in logarithms, without cancellation.
+r"""The prefactor $x^a y^b / B(a, b)$ of the incomplete beta function, in logarithms, without cancellation.
 
 For large parameters the prefactor is computed as in TOMS 708 ``brcomp`` (Didonato & Morris 1992): with
-:math:`\lambda = a - (a+b)x` the huge terms :math:`a \log x`, :math:`b \log y` and :math:`\log B(a, b)` cancel
-analytically and only :math:`a\,\mathrm{rlog1}(-\lambda/a) + b\,\mathrm{rlog1}(\lambda/b)` remains, with
-:math:`\mathrm{rlog1}(e) = e - \log(1+e)`. :math:`\lambda` itself is computed in double-double arithmetic
+$\lambda = a - (a+b)x$ the huge terms $a \log x$, $b \log y$ and $\log B(a, b)$ cancel
+analytically and only $a\,\mathrm{rlog1}(-\lambda/a) + b\,\mathrm{rlog1}(\lambda/b)$ remains, with
+$\mathrm{rlog1}(e) = e - \log(1+e)$. $\lambda$ itself is computed in double-double arithmetic
 (Knuth's TwoSum, Dekker's TwoProduct with Veltkamp's splitting), because in the tails of large-parameter
-distributions the prefactor is as sensitive to :math:`\lambda` as :math:`|\lambda|\,\epsilon`.
+distributions the prefactor is as sensitive to $\lambda$ as $|\lambda|\,\epsilon$.
 
 References:
     * A. R. Didonato, A. H. Morris Jr., "Algorithm 708", ACM TOMS 18(3), 1992.
@@ -26,10 +26,16 @@ __all__ = ["lambda_dd", "log_prefactor", "rlog1", "rlog1_any", "stirling_constan
 
 
 def rlog1(e: Tensor) -> Tensor:
-    r""":math:`e - \log(1 + e)` for :math:`|e| \le 1/2`, accurate to a few ulps.
+    r"""$e - \log(1 + e)$ for $|e| \le 1/2$, accurate to a few ulps.
 
-    With :math:`t = e / (2 + e)`, :math:`\log(1+e) = 2\,\mathrm{artanh}\,t`, so
-    :math:`e - \log(1+e) = e t - 2 \sum_{k \ge 1} t^{2k+1} / (2k+1)` (no cancellation for small ``e``).
+    With $t = e / (2 + e)$, $\log(1+e) = 2\,\mathrm{artanh}\,t$, so
+    $e - \log(1+e) = e t - 2 \sum_{k \ge 1} t^{2k+1} / (2k+1)$ (no cancellation for small ``e``).
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.special._prefactor import rlog1
+        >>> rlog1(torch.tensor([1e-9, 0.25], dtype=torch.float64))
+        tensor([5.0000e-19, 2.6856e-02], dtype=torch.float64)
     """
     t = e / (2.0 + e)
     t2 = t * t
@@ -40,7 +46,14 @@ def rlog1(e: Tensor) -> Tensor:
 
 
 def two_sum(u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    """Knuth's TwoSum: ``u + v = s + e`` exactly, with ``s = fl(u + v)``."""
+    """Knuth's TwoSum: ``u + v = s + e`` exactly, with ``s = fl(u + v)``.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.special._prefactor import two_sum
+        >>> two_sum(torch.tensor([1.0], dtype=torch.float64), torch.tensor([1e-20], dtype=torch.float64))
+        (tensor([1.], dtype=torch.float64), tensor([1.0000e-20], dtype=torch.float64))
+    """
     s = u + v
     bv = s - u
     return s, (u - (s - bv)) + (v - bv)
@@ -54,7 +67,16 @@ def _split(u: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def two_prod(u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    """Dekker's TwoProduct: ``u * v = p + e`` exactly, with ``p = fl(u * v)`` (no FMA needed)."""
+    """Dekker's TwoProduct: ``u * v = p + e`` exactly, with ``p = fl(u * v)`` (no FMA needed).
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.special._prefactor import two_prod
+        >>> u = torch.tensor([1.0 + 2.0**-30], dtype=torch.float64)
+        >>> p, e = two_prod(u, u)  # (1 + 2^-30)^2 = 1 + 2^-29 + 2^-60: the last term is the rounding error
+        >>> e.item() == 2.0**-60
+        True
+    """
     p = u * v
     uh, ul = _split(u)
     vh, vl = _split(v)
@@ -62,10 +84,17 @@ def two_prod(u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def rlog1_any(e: Tensor, log1pe: Tensor) -> Tensor:
-    r""":math:`e - \log(1+e)` for any :math:`e > -1`; ``log1pe`` is an accurate :math:`\log(1+e)` for ``e`` near -1.
+    r"""$e - \log(1+e)$ for any $e > -1$; ``log1pe`` is an accurate $\log(1+e)$ for ``e`` near -1.
 
-    Series near 0 (:func:`rlog1`), ``log1p`` for :math:`e > 1/2`, and the given logarithm below :math:`-1/2`
+    Series near 0 (`rlog1`), ``log1p`` for $e > 1/2$, and the given logarithm below $-1/2$
     (where ``1 + e`` would have lost its relative precision).
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.special._prefactor import rlog1_any
+        >>> e = torch.tensor([-0.9, 0.1, 3.0], dtype=torch.float64)
+        >>> rlog1_any(e, torch.log1p(e))
+        tensor([1.4026, 0.0047, 1.6137], dtype=torch.float64)
     """
     near = e.abs() <= 0.5
     series = rlog1(torch.where(near, e, torch.zeros_like(e)))
@@ -74,11 +103,20 @@ def rlog1_any(e: Tensor, log1pe: Tensor) -> Tensor:
 
 
 def lambda_dd(p: Tensor, q: Tensor, xx: Tensor, yy: Tensor, xx_exact: Tensor) -> Tensor:
-    r""":math:`\lambda = p - (p+q)\,xx = (p+q)\,yy - q` to a few ulps of :math:`\lambda` itself.
+    r"""$\lambda = p - (p+q)\,xx = (p+q)\,yy - q$ to a few ulps of $\lambda$ itself.
 
     Computed in double-double arithmetic from whichever of ``xx``, ``yy`` is the exact input (the other is a
     rounded ``1 - x``). In the tails of large-parameter distributions the prefactor is as sensitive to
-    :math:`\lambda` as :math:`|\lambda|\,\epsilon`, which plain float64 would turn into errors of 1e-12.
+    $\lambda$ as $|\lambda|\,\epsilon$, which plain float64 would turn into errors of 1e-12.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.special._prefactor import lambda_dd
+        >>> p = torch.tensor([2.0, 1e6], dtype=torch.float64)
+        >>> q = torch.tensor([3.0, 1e6], dtype=torch.float64)
+        >>> xx = torch.tensor([0.25, 0.4999], dtype=torch.float64)
+        >>> lambda_dd(p, q, xx, 1.0 - xx, torch.ones(2, dtype=torch.bool))
+        tensor([  0.7500, 200.0000], dtype=torch.float64)
     """
     s, s_err = two_sum(p, q)
     z = torch.where(xx_exact, xx, yy)
@@ -94,8 +132,15 @@ def lambda_dd(p: Tensor, q: Tensor, xx: Tensor, yy: Tensor, xx_exact: Tensor) ->
 def stirling_constant(a: Tensor, b: Tensor) -> Tensor:
     r"""Parameter-only part of the Stirling prefactor.
 
-    :math:`\tfrac12\log\frac{ab}{a+b} - \log\sqrt{2\pi} - \Delta(a) - \Delta(b) + \Delta(a+b)`, for
-    :math:`a, b \ge 10`.
+    $\tfrac12\log\frac{ab}{a+b} - \log\sqrt{2\pi} - \Delta(a) - \Delta(b) + \Delta(a+b)$, for
+    $a, b \ge 10$.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.special._prefactor import stirling_constant
+        >>> a = torch.tensor([10.0, 1e4], dtype=torch.float64)
+        >>> stirling_constant(a, a)
+        tensor([-0.1267,  3.3396], dtype=torch.float64)
     """
     return 0.5 * (torch.log(a) + torch.log(b) - torch.log(a + b)) - HALF_LOG_2PI - bcorr(a, b)
 
@@ -123,17 +168,29 @@ def log_prefactor(
     compact: bool = False,
     params: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
-    r""":math:`\log\left(x^a y^b / B(a, b)\right)` for interior ``x``, accurate for large ``a`` and ``b``.
+    r"""$\log\left(x^a y^b / B(a, b)\right)$ for interior ``x``, accurate for large ``a`` and ``b``.
 
-    For :math:`\min(a,b) \ge 10` (TOMS 708 ``brcomp``): with :math:`\lambda = a - (a+b)x`,
-    :math:`x_0 = a/(a+b)`, :math:`e_1 = x/x_0 - 1 = -\lambda/a`, :math:`e_2 = y/y_0 - 1 = \lambda/b`,
+    For $\min(a,b) \ge 10$ (TOMS 708 ``brcomp``): with $\lambda = a - (a+b)x$,
+    $x_0 = a/(a+b)$, $e_1 = x/x_0 - 1 = -\lambda/a$, $e_2 = y/y_0 - 1 = \lambda/b$,
 
-    .. math:: \log\frac{x^a y^b}{B(a,b)} = -a\,\mathrm{rlog1}(e_1) - b\,\mathrm{rlog1}(e_2)
+    $$
+    \log\frac{x^a y^b}{B(a,b)} = -a\,\mathrm{rlog1}(e_1) - b\,\mathrm{rlog1}(e_2)
         + \tfrac12\log\frac{ab}{a+b} - \log\sqrt{2\pi} - \Delta(a) - \Delta(b) + \Delta(a+b),
+    $$
 
-    where the terms of size :math:`a \log x` have cancelled analytically. Otherwise
-    :math:`a \log x + b \log y - \log B(a, b)` with an accurate :math:`\log B`. ``params`` optionally holds
+    where the terms of size $a \log x$ have cancelled analytically. Otherwise
+    $a \log x + b \log y - \log B(a, b)$ with an accurate $\log B$. ``params`` optionally holds
     the parameter-only parts ``(stirling_constant, betaln)`` computed in advance (once per distinct ``(a, b)``).
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.special._prefactor import lambda_dd, log_prefactor
+        >>> a = torch.tensor([2.0, 1e6], dtype=torch.float64)
+        >>> b = torch.tensor([3.0, 1e6], dtype=torch.float64)
+        >>> x = torch.tensor([0.25, 0.4999], dtype=torch.float64)
+        >>> lam = lambda_dd(a, b, x, 1.0 - x, torch.ones(2, dtype=torch.bool))
+        >>> log_prefactor(a, b, lam, x.log(), torch.log1p(-x))
+        tensor([-1.1507,  5.6022], dtype=torch.float64)
     """
     large = torch.minimum(a, b) >= LARGE
     # Precomputed parameter terms, when given, travel as one more argument of each branch.

@@ -1,7 +1,7 @@
-r"""Public special functions: :func:`betainc` with its three gradients, :func:`betaln`, :func:`beta_log_prob`.
+r"""Public special functions: `betainc` with its three gradients, `betaln`, `beta_log_prob`.
 
 This module coerces and checks the arguments (Python numbers, integer tensors, mixed floating dtypes, broadcast
-shapes) and hands float64 work to the operator layer (:mod:`gbs_loss.special._op`) and its backends. Errors
+shapes) and hands float64 work to the operator layer (`gbs_loss.special._op`) and its backends. Errors
 name the argument, what was expected and what was received.
 """
 
@@ -21,7 +21,7 @@ from gbs_loss.special._prefactor import lambda_dd, log_prefactor
 __all__ = ["beta_log_prob", "betainc", "betaln"]
 
 
-def _coerce(names: tuple[str, ...], values: tuple) -> tuple[list[Tensor], torch.dtype, torch.Size]:
+def _coerce(names: tuple[str, ...], values: tuple[Tensor | float, ...]) -> tuple[list[Tensor], torch.dtype, torch.Size]:
     """Check and convert arguments: tensors on one device, the promoted floating dtype, the broadcast shape.
 
     Floating tensors keep their own dtype (so that each gradient saturates in its own dtype); numbers and integer
@@ -76,8 +76,8 @@ def _coerce(names: tuple[str, ...], values: tuple) -> tuple[list[Tensor], torch.
 _FLOATING = frozenset((torch.float64, torch.float32, torch.float16, torch.bfloat16))
 
 
-def _coerce3(a, b, x) -> tuple[list[Tensor], torch.dtype, torch.Size]:
-    """:func:`_coerce` for ``betainc``, with a shortcut for the common call: three tensors of one floating dtype
+def _coerce3(a: Tensor | float, b: Tensor | float, x: Tensor | float) -> tuple[list[Tensor], torch.dtype, torch.Size]:
+    """`_coerce` for ``betainc``, with a shortcut for the common call: three tensors of one floating dtype
     on one device (no conversion; the shape check only where the shapes differ)."""
     if (
         isinstance(a, Tensor)
@@ -111,20 +111,20 @@ def _shares_trailing(ab_shape: torch.Size, out_shape: torch.Size) -> bool:
 
 
 def betainc(a: Tensor | float, b: Tensor | float, x: Tensor | float) -> Tensor:
-    r"""Regularized incomplete beta function :math:`I_x(a, b)`, the CDF of :math:`\mathrm{Beta}(a, b)` at ``x``.
+    r"""Regularized incomplete beta function $I_x(a, b)$, the CDF of $\mathrm{Beta}(a, b)$ at ``x``.
 
-    .. math::
+    $$
+    I_x(a, b) = \frac{1}{B(a, b)} \int_0^x t^{a-1} (1-t)^{b-1}\,dt,
+    \qquad \frac{\partial I_x}{\partial x} = \frac{x^{a-1}(1-x)^{b-1}}{B(a,b)}.
+    $$
 
-        I_x(a, b) = \frac{1}{B(a, b)} \int_0^x t^{a-1} (1-t)^{b-1}\,dt,
-        \qquad \frac{\partial I_x}{\partial x} = \frac{x^{a-1}(1-x)^{b-1}}{B(a,b)}.
-
-    Argument order follows :func:`scipy.special.betainc`. Gradients with respect to ``x``, ``a`` and ``b`` are
+    Argument order follows `scipy.special.betainc`. Gradients with respect to ``x``, ``a`` and ``b`` are
     exact (the density for ``x``; term-by-term derivatives of the continued fraction for ``a`` and ``b``, see
     the module docstring); second derivatives are not implemented and raise a ``RuntimeError``.
 
-    Accuracy (max relative error against a 50-digit oracle over :math:`a, b \in [10^{-3}, 10^5]`, :math:`x` within
+    Accuracy (max relative error against a 50-digit oracle over $a, b \in [10^{-3}, 10^5]$, $x$ within
     1e-12 of either end included): float64 4e-13 for the value and every gradient, float32 6e-8. Far outside that
-    domain (:math:`a, b` of order 1e7 and more, near the mean) the continued fraction may not converge within its
+    domain ($a, b$ of order 1e7 and more, near the mean) the continued fraction may not converge within its
     step cap (4096 steps, the same on every backend and device); the result is then NaN rather than a wrong number.
 
     Conventions: ``I_0 = 0`` and ``I_1 = 1``; there the gradients with respect to ``a`` and ``b`` are 0 and the
@@ -136,17 +136,17 @@ def betainc(a: Tensor | float, b: Tensor | float, x: Tensor | float) -> Tensor:
     The computation runs in float64 for every input dtype (float16 and bfloat16 included) and the result is
     cast to the promoted input dtype; Python numbers and integer tensors become the default dtype; boolean
     arguments are rejected. It works on any device that supports float64, through the backend chosen by
-    ``GBS_LOSS_BACKEND`` (see :mod:`gbs_loss.special.backends`): one Triton kernel on CUDA (no host
+    ``GBS_LOSS_BACKEND`` (see `gbs_loss.special.backends`): one Triton kernel on CUDA (no host
     synchronisation), one native call on CPU, PyTorch operations otherwise. It compiles with
     ``torch.compile(fullgraph=True)``.
 
     Args:
-        a: First shape parameter, :math:`a > 0`.
-        b: Second shape parameter, :math:`b > 0`.
-        x: Upper integration limit, :math:`0 \le x \le 1`.
+        a: First shape parameter, $a > 0$.
+        b: Second shape parameter, $b > 0$.
+        x: Upper integration limit, $0 \le x \le 1$.
 
     Returns:
-        :math:`I_x(a, b)`, in the promoted floating dtype of the inputs.
+        $I_x(a, b)$, in the promoted floating dtype of the inputs.
 
     Shape:
         - ``a``, ``b``, ``x``: any shapes that broadcast together.
@@ -169,12 +169,13 @@ def betainc(a: Tensor | float, b: Tensor | float, x: Tensor | float) -> Tensor:
     shared = math.prod(ab_shape) < math.prod(shape) and _shares_trailing(ab_shape, shape)
     plan = (shape, ab_shape, shared, dtype)
     if torch.is_grad_enabled() and (a_t.requires_grad or b_t.requires_grad or x_t.requires_grad):
-        return BetaincFunction.apply(a_t, b_t, x_t, plan)
+        out: Tensor = BetaincFunction.apply(a_t, b_t, x_t, plan)  # type: ignore[no-untyped-call]  # unannotated in torch
+        return out
     return evaluate(a_t, b_t, x_t, plan)[0]
 
 
 def betaln(a: Tensor | float, b: Tensor | float) -> Tensor:
-    r"""Logarithm of the Beta function, :math:`\log B(a, b) = \log\Gamma(a) + \log\Gamma(b) - \log\Gamma(a+b)`.
+    r"""Logarithm of the Beta function, $\log B(a, b) = \log\Gamma(a) + \log\Gamma(b) - \log\Gamma(a+b)$.
 
     Accurate for large and for mixed tiny/huge arguments: the differences of log-gamma values are computed
     from Stirling's series (TOMS 708 ``betaln``/``algdiv``), so ``betaln(1e10, 1e10)`` keeps full relative
@@ -182,11 +183,11 @@ def betaln(a: Tensor | float, b: Tensor | float) -> Tensor:
     in float64 and cast to the promoted input dtype. Non-positive arguments give NaN.
 
     Args:
-        a: First argument, :math:`a > 0`.
-        b: Second argument, :math:`b > 0`.
+        a: First argument, $a > 0$.
+        b: Second argument, $b > 0$.
 
     Returns:
-        :math:`\log B(a, b)`.
+        $\log B(a, b)$.
 
     Shape:
         - ``a``, ``b``: shapes that broadcast together. Output: the broadcast shape.
@@ -207,20 +208,22 @@ def betaln(a: Tensor | float, b: Tensor | float) -> Tensor:
 
 
 def beta_log_prob(x: Tensor | float, a: Tensor | float, b: Tensor | float) -> Tensor:
-    r"""Log-density of :math:`\mathrm{Beta}(a, b)` at ``x``.
+    r"""Log-density of $\mathrm{Beta}(a, b)$ at ``x``.
 
-    .. math:: \log p(x; a, b) = (a-1)\log x + (b-1)\log(1-x) - \log B(a, b)
+    $$
+    \log p(x; a, b) = (a-1)\log x + (b-1)\log(1-x) - \log B(a, b)
+    $$
 
-    computed through the same cancellation-free prefactor as :func:`betainc`, so it stays accurate for large
+    computed through the same cancellation-free prefactor as `betainc`, so it stays accurate for large
     ``a`` and ``b``. At ``x = 0`` (resp. 1) it is ``+inf``, ``log b`` (resp. ``log a``) or ``-inf`` for
     ``a < 1``, ``a = 1``, ``a > 1`` (resp. the same with ``b``); outside ``[0, 1]`` it is ``-inf``; invalid
     parameters give NaN. Differentiable by autograd with respect to all arguments; computed in float64 and
     cast to the promoted input dtype.
 
     Args:
-        x: Points, :math:`0 \le x \le 1`.
-        a: First shape parameter, :math:`a > 0`.
-        b: Second shape parameter, :math:`b > 0`.
+        x: Points, $0 \le x \le 1$.
+        a: First shape parameter, $a > 0$.
+        b: Second shape parameter, $b > 0$.
 
     Returns:
         The log-density.

@@ -1,14 +1,12 @@
-"""The one place that picks a backend (implementation strategy) for :func:`gbs_loss.betainc`.
+"""The one place that picks a backend (implementation strategy) for `gbs_loss.betainc`.
 
-One algorithm (:mod:`gbs_loss.special._kernel`), three implementations, side by side:
+One algorithm (`gbs_loss.special._kernel`), three implementations, side by side:
 
-============ ===================================== =====================================================
-name         module                                runs
-============ ===================================== =====================================================
-``torch``    :mod:`~.backends.torch_ops`           everywhere: the reference in torch operations
-``native``   ``backends.native``                   CPU tensors: one C call, OpenMP over elements
-``triton``   ``backends.triton``                   CUDA tensors (any tensor under ``TRITON_INTERPRET=1``)
-============ ===================================== =====================================================
+| name | module | runs |
+|---|---|---|
+| ``torch`` | `torch_ops` | everywhere: the reference in torch operations |
+| ``native`` | ``backends.native`` | CPU tensors: one C call, OpenMP over elements |
+| ``triton`` | ``backends.triton`` | CUDA tensors (any tensor under ``TRITON_INTERPRET=1``) |
 
 Every backend exposes ``available() -> bool`` (cheap after its first call) and
 ``betainc_with_grads(a, b, x) -> (value, d/da, d/db, d/dx)`` under one contract:
@@ -18,15 +16,15 @@ Every backend exposes ``available() -> bool`` (cheap after its first call) and
   one parameter per trailing position otherwise; other broadcasts are expanded by the caller);
 * outputs: four contiguous float64 tensors of shape ``(n,)``;
 * invalid parameters (``a <= 0``, ``b <= 0``, non-finite) and ``x`` outside ``[0, 1]`` or NaN give NaN in all four;
-  the ends ``x = 0`` and ``x = 1`` follow :func:`gbs_loss.betainc`; non-convergence within
-  :data:`~gbs_loss.special._constants.MAX_STEPS` steps gives NaN;
-* the numbers (step cap, tolerances, series rule) come from :mod:`gbs_loss.special._constants`.
+  the ends ``x = 0`` and ``x = 1`` follow `gbs_loss.betainc`; non-convergence within
+  `MAX_STEPS` steps gives NaN;
+* the numbers (step cap, tolerances, series rule) come from `gbs_loss.special._constants`.
 
-Choice: the environment variable ``GBS_LOSS_BACKEND`` (read at each call), or :func:`use` within a block:
+Choice: the environment variable ``GBS_LOSS_BACKEND`` (read at each call), or `use` within a block:
 
 * ``auto`` (default): ``triton`` for CUDA tensors when Triton imports, ``native`` for CPU tensors when the kernel
   builds, ``torch`` otherwise. The deprecated ``GBS_LOSS_NATIVE=0`` still turns ``native`` off under ``auto``.
-* ``torch``, ``native``, ``triton``: that backend, or a :class:`BackendUnavailable` error saying why not.
+* ``torch``, ``native``, ``triton``: that backend, or a `BackendUnavailable` error saying why not.
   ``triton`` runs on CPU tensors only under Triton's interpreter (``TRITON_INTERPRET=1``).
 """
 
@@ -49,11 +47,23 @@ BACKENDS = ("torch", "native", "triton")
 _CHOICES = ("auto", *BACKENDS)
 _ENV = "GBS_LOSS_BACKEND"
 
-Strategy = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
+Strategy = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+]
 
 
 class BackendUnavailable(RuntimeError):
-    """An explicitly requested backend cannot run here (not installed, not built, or the wrong device)."""
+    """An explicitly requested backend cannot run here (not installed, not built, or the wrong device).
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.special import backends
+        >>> with backends.use("native"):
+        ...     backends.resolve(torch.device("meta"))
+        Traceback (most recent call last):
+            ...
+        gbs_loss.special.backends.BackendUnavailable: the native backend runs on CPU tensors only, got a tensor on meta
+    """
 
 
 _override = threading.local()
@@ -78,12 +88,18 @@ def _is_available(name: str) -> bool:
 
 
 def setting() -> str:
-    """The requested backend: the innermost :func:`use` block, else ``GBS_LOSS_BACKEND``, else ``"auto"``.
+    """The requested backend: the innermost `use` block, else ``GBS_LOSS_BACKEND``, else ``"auto"``.
 
     Raises:
         ValueError: ``GBS_LOSS_BACKEND`` is not one of ``auto``, ``torch``, ``native``, ``triton``.
+
+    Example:
+        >>> from gbs_loss.special import backends
+        >>> with backends.use("torch"):
+        ...     backends.setting()
+        'torch'
     """
-    forced = getattr(_override, "name", None)
+    forced: str | None = getattr(_override, "name", None)
     if forced is not None:
         return forced
     value = os.environ.get(_ENV)
@@ -104,6 +120,15 @@ def resolve(device: torch.device) -> str:
 
     Raises:
         BackendUnavailable: an explicitly requested backend is not available for ``device``.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.special import backends
+        >>> backends.resolve(torch.device("cpu")) in backends.BACKENDS  # "native" when a C compiler is found
+        True
+        >>> with backends.use("torch"):
+        ...     backends.resolve(torch.device("cpu"))
+        'torch'
     """
     name = setting()
     kind = device.type
@@ -124,12 +149,31 @@ def resolve(device: torch.device) -> str:
 
 
 def get(device: torch.device) -> Strategy:
-    """The ``betainc_with_grads`` function of the backend chosen for ``device`` (see :func:`resolve`)."""
-    return _modules[resolve(device)].betainc_with_grads
+    """The ``betainc_with_grads`` function of the backend chosen for ``device`` (see `resolve`).
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.special import backends
+        >>> with backends.use("torch"):
+        ...     strategy = backends.get(torch.device("cpu"))
+        >>> one = torch.ones(1, dtype=torch.float64)
+        >>> strategy(2.0 * one, 3.0 * one, 0.5 * one)[0]
+        tensor([0.6875], dtype=torch.float64)
+    """
+    module = _modules[resolve(device)]
+    assert module is not None  # resolve only names backends whose module imported
+    strategy: Strategy = module.betainc_with_grads
+    return strategy
 
 
 def available(name: str) -> bool:
-    """Whether backend ``name`` can run at all here (its module imports and its ``available()`` is true)."""
+    """Whether backend ``name`` can run at all here (its module imports and its ``available()`` is true).
+
+    Example:
+        >>> from gbs_loss.special import backends
+        >>> backends.available("torch")
+        True
+    """
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
     return _is_available(name)

@@ -1,6 +1,6 @@
-"""Build-at-first-use of a small C99 source into a shared library, cached on disk and loaded with :mod:`ctypes`.
+"""Build-at-first-use of a small C99 source into a shared library, cached on disk and loaded with `ctypes`.
 
-Used by the native backend (:mod:`gbs_loss.special.backends.native`). The source has no Python or PyTorch
+Used by the native backend (`gbs_loss.special.backends.native`). The source has no Python or PyTorch
 headers, so a build takes a fraction of a second with the system C compiler:
 
 * the compiler is ``$CC`` if set, else the first of ``cc``, ``gcc``, ``clang`` on the ``PATH``;
@@ -14,7 +14,7 @@ headers, so a build takes a fraction of a second with the system C compiler:
 * the cache folder is ``$GBS_LOSS_CACHE_DIR``, else ``$XDG_CACHE_HOME/gbs_loss``, else ``~/.cache/gbs_loss``;
   when that cannot be written, a folder in the system's temporary directory.
 
-Every failure raises :class:`BuildError` whose message lists each attempt and why it failed.
+Every failure raises `BuildError` whose message lists each attempt and why it failed.
 """
 
 from __future__ import annotations
@@ -37,11 +37,29 @@ BASE_FLAGS: tuple[str, ...] = ("-O2", "-fPIC", "-shared", "-std=c99", "-ffp-cont
 
 
 class BuildError(RuntimeError):
-    """The library could not be compiled or loaded; the message says why."""
+    """The library could not be compiled or loaded; the message says why.
+
+    Example:
+        >>> from pathlib import Path
+        >>> from gbs_loss.special.backends._build import BuildError, load_library
+        >>> try:
+        ...     load_library(Path("no_such_source.c"), "missing", 1, "abi_version")
+        ... except BuildError as exc:
+        ...     print(type(exc).__name__)
+        BuildError
+    """
 
 
 def cache_dirs() -> list[Path]:
-    """Folders to build into, in order of preference (see the module docstring)."""
+    """Folders to build into, in order of preference (see the module docstring).
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from gbs_loss.special.backends._build import cache_dirs
+        >>> cache_dirs()[-1].parent == Path(tempfile.gettempdir())  # the last resort
+        True
+    """
     env = os.environ.get("GBS_LOSS_CACHE_DIR")
     if env:
         first = Path(env)
@@ -53,7 +71,15 @@ def cache_dirs() -> list[Path]:
 
 
 def find_compiler() -> str | None:
-    """``$CC`` when set and found, else the first of ``cc``, ``gcc``, ``clang`` on the ``PATH``; None if none."""
+    """``$CC`` when set and found, else the first of ``cc``, ``gcc``, ``clang`` on the ``PATH``; None if none.
+
+    Example:
+        >>> import shutil
+        >>> from gbs_loss.special.backends._build import find_compiler
+        >>> compiler = find_compiler()  # "cc" on most Linux machines
+        >>> compiler is None or shutil.which(compiler.split()[0]) is not None
+        True
+    """
     for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
         if name and name.split() and shutil.which(name.split()[0]):
             return name
@@ -89,7 +115,9 @@ def _compile(source: Path, stem: str, compiler: str, folder: Path, abi: int) -> 
     raise BuildError("compilation failed: " + " | ".join(errors))
 
 
-def load_library(source: Path, stem: str, abi: int, abi_symbol: str, folders: Sequence[Path] | None = None):
+def load_library(
+    source: Path, stem: str, abi: int, abi_symbol: str, folders: Sequence[Path] | None = None
+) -> tuple[ctypes.CDLL, Path]:
     """Build ``source`` if needed and load it; return ``(library, path)``.
 
     Args:
@@ -98,10 +126,18 @@ def load_library(source: Path, stem: str, abi: int, abi_symbol: str, folders: Se
         abi: Expected return value of the library's function ``abi_symbol`` (a library that disagrees is
             rejected: it was built from another version of the source).
         abi_symbol: Name of a ``int f(void)`` function of the library that returns its ABI version.
-        folders: Cache folders to try, in order (default :func:`cache_dirs`).
+        folders: Cache folders to try, in order (default `cache_dirs`).
 
     Raises:
         BuildError: no compiler, or every folder failed; the message lists the reasons.
+
+    Example:
+        >>> from gbs_loss.special.backends import native
+        >>> from gbs_loss.special.backends._build import BuildError, load_library
+        >>> try:  # built at the first call, then found in the cache
+        ...     lib, path = load_library(native._SOURCE, "betainc", native._ABI_VERSION, "gbs_betainc_abi_version")
+        ... except BuildError:  # no C compiler here
+        ...     pass
     """
     compiler = find_compiler()
     if compiler is None:

@@ -1,7 +1,10 @@
-r"""The Triton kernel of :func:`gbs_loss.betainc`: value and three partial derivatives in one pass, float64.
+# Triton reads the annotations of @triton.jit parameters (tl.constexpr, and scalar types that change how a kernel is
+# specialised), and triton.jit itself is untyped: the kernel functions are deliberately left unannotated.
+# mypy: allow-untyped-defs, allow-incomplete-defs, allow-untyped-decorators
+r"""The Triton kernel of `gbs_loss.betainc`: value and three partial derivatives in one pass, float64.
 
-This module is the element-by-element twin of the torch reference (:mod:`gbs_loss.special._kernel`, with
-:mod:`~gbs_loss.special._gamma`, :mod:`~gbs_loss.special._prefactor` and :mod:`~gbs_loss.special._fraction`); see
+This module is the element-by-element twin of the torch reference (`gbs_loss.special._kernel`, with
+`_gamma`, `_prefactor` and `_fraction`); see
 those modules for the mathematics and the references (TOMS 708, Didonato & Morris 1992; Boik & Robinson-Cox 1998;
 Thompson & Barnett 1986). One program handles ``BLOCK`` elements; the continued fraction runs in a ``while`` loop
 until every element of the block has passed the convergence test of every backend, or the shared step cap.
@@ -10,12 +13,12 @@ Only Triton builtins are used (``tl.exp``, ``tl.log``, ``tl.fma``, ``tl.where``.
 libdevice's extern functions (``log1p``, ``expm1``, ``lgamma``) do not run under Triton's interpreter and tie the
 kernel to one vendor, so the few special functions needed are written here from builtins:
 
-* :func:`log1p` and :func:`expm1` from ``u = fl(1 + x)`` (resp. ``fl(exp(x))``) plus a first-order correction
+* `log1p` and `expm1` from ``u = fl(1 + x)`` (resp. ``fl(exp(x))``) plus a first-order correction
   for the rounding of ``u``, within an ulp when ``tl.log`` and ``tl.exp`` are (checked against mpmath in the tests);
-* :math:`\log\Gamma(z)` for the small arguments of :math:`\log B` by an upward shift of ten and Stirling's series;
-* the exact product error of the double-double :math:`\lambda` by ``tl.fma`` (exact in the interpreter too).
+* $\log\Gamma(z)$ for the small arguments of $\log B$ by an upward shift of ten and Stirling's series;
+* the exact product error of the double-double $\lambda$ by ``tl.fma`` (exact in the interpreter too).
 
-The module is imported (and its functions decorated) lazily by :mod:`gbs_loss.special.backends.triton`, once per
+The module is imported (and its functions decorated) lazily by `gbs_loss.special.backends.triton`, once per
 mode: ``triton.jit`` decides at decoration time whether a function is compiled or interpreted
 (``TRITON_INTERPRET``), so the mode in force at the first call is the one that counts.
 """
@@ -137,7 +140,7 @@ def two_prod(u, v):
 # ----------------------------------------------------------------------------------------------------------
 @triton.jit
 def stirling_delta(z):
-    r"""Stirling correction :math:`\log\Gamma(z) - (z - 1/2)\log z + z - \log\sqrt{2\pi}`, :math:`z \ge 10`."""
+    r"""Stirling correction $\log\Gamma(z) - (z - 1/2)\log z + z - \log\sqrt{2\pi}$, $z \ge 10$."""
     w = 1.0 / (z * z)
     s = zeros(z)
     for i in tl.static_range(N_STIRLING):
@@ -147,15 +150,15 @@ def stirling_delta(z):
 
 @triton.jit
 def lgamma_ratio(a, b):
-    r""":math:`\log\Gamma(b) - \log\Gamma(a + b)` for :math:`b \ge 10` (TOMS 708 ``algdiv``)."""
+    r"""$\log\Gamma(b) - \log\Gamma(a + b)$ for $b \ge 10$ (TOMS 708 ``algdiv``)."""
     return stirling_delta(b) - stirling_delta(a + b) - (a + b - 0.5) * log1p(a / b) - a * tl.log(b) + a
 
 
 @triton.jit
 def lgamma_shifted(z):
-    r""":math:`\log\Gamma(z)` for moderate :math:`z > 0`: :math:`\log\Gamma(z + 10) - \log(z (z+1) \cdots (z+9))`.
+    r"""$\log\Gamma(z)$ for moderate $z > 0$: $\log\Gamma(z + 10) - \log(z (z+1) \cdots (z+9))$.
 
-    Stirling's series at :math:`z + 10 \ge 10`; absolute error a few 1e-15 for :math:`z \le 20`.
+    Stirling's series at $z + 10 \ge 10$; absolute error a few 1e-15 for $z \le 20$.
     """
     prod = z
     for k in tl.static_range(1, 10):
@@ -166,7 +169,7 @@ def lgamma_shifted(z):
 
 @triton.jit
 def betaln_direct(a, b):
-    r""":math:`\log B(a, b)` where :math:`\min(a, b) < 10` (TOMS 708 ``betaln``: both small, or one large)."""
+    r"""$\log B(a, b)$ where $\min(a, b) < 10$ (TOMS 708 ``betaln``: both small, or one large)."""
     p = tl.minimum(a, b)
     q = tl.maximum(a, b)
     one_large = q >= LARGE
@@ -179,7 +182,7 @@ def betaln_direct(a, b):
 
 @triton.jit
 def lgamma1p_small(p):
-    r""":math:`\log\Gamma(1 + p)` for :math:`|p| \le 0.2` by its Taylor series (no ``1 + p`` formed)."""
+    r"""$\log\Gamma(1 + p)$ for $|p| \le 0.2$ by its Taylor series (no ``1 + p`` formed)."""
     s = zeros(p)
     for i in tl.static_range(N_LGAMMA1P):
         s = s * p + LGAMMA1P_REV[i]
@@ -188,7 +191,7 @@ def lgamma1p_small(p):
 
 @triton.jit
 def lgamma_diff(q, p):
-    r""":math:`\log\Gamma(q + p) - \log\Gamma(q)`, accurate relative to :math:`p` (shift by ten below 10)."""
+    r"""$\log\Gamma(q + p) - \log\Gamma(q)$, accurate relative to $p$ (shift by ten below 10)."""
     shift = q < LARGE
     corr = zeros(q)
     for k in tl.static_range(10):
@@ -199,7 +202,7 @@ def lgamma_diff(q, p):
 
 @triton.jit
 def digamma_diff(d, delta):
-    r""":math:`\psi(d + \delta) - \psi(d)` without cancellation (shift by ten, then the differenced asymptotics)."""
+    r"""$\psi(d + \delta) - \psi(d)$ without cancellation (shift by ten, then the differenced asymptotics)."""
     shift = tl.minimum(d, d + delta) < LARGE
     corr = zeros(d)
     for k in tl.static_range(10):
@@ -226,7 +229,7 @@ def digamma_diff(d, delta):
 # ----------------------------------------------------------------------------------------------------------
 @triton.jit
 def rlog1(e):
-    r""":math:`e - \log(1 + e)` for :math:`|e| \le 1/2` by the artanh series (no cancellation near 0)."""
+    r"""$e - \log(1 + e)$ for $|e| \le 1/2$ by the artanh series (no cancellation near 0)."""
     t = e / (2.0 + e)
     t2 = t * t
     s = zeros(e)
@@ -237,7 +240,7 @@ def rlog1(e):
 
 @triton.jit
 def rlog1_any(e, log1pe):
-    r""":math:`e - \log(1+e)` for any :math:`e > -1`; ``log1pe`` is an accurate :math:`\log(1+e)` below -1/2."""
+    r"""$e - \log(1+e)$ for any $e > -1$; ``log1pe`` is an accurate $\log(1+e)$ below -1/2."""
     near = tl.abs(e) <= 0.5
     series = rlog1(tl.where(near, e, 0.0))
     far = e - tl.where(e > 0, log1p(tl.where(e > 0, e, 0.0)), log1pe)
@@ -246,7 +249,7 @@ def rlog1_any(e, log1pe):
 
 @triton.jit
 def lambda_dd(p, q, xx, yy, xx_exact):
-    r""":math:`\lambda = p - (p+q)\,xx = (p+q)\,yy - q` in double-double, from whichever of ``xx``, ``yy`` is exact."""
+    r"""$\lambda = p - (p+q)\,xx = (p+q)\,yy - q$ in double-double, from whichever of ``xx``, ``yy`` is exact."""
     s, s_err = two_sum(p, q)
     z = tl.where(xx_exact, xx, yy)
     prod, prod_err = two_prod(s, z)
@@ -259,7 +262,7 @@ def lambda_dd(p, q, xx, yy, xx_exact):
 
 @triton.jit
 def log_prefactor_stirling(p, q, lam, logxx, logyy):
-    r""":math:`\log(xx^p\,yy^q / B(p, q))` for :math:`\min(p, q) \ge 10` (TOMS 708 ``brcomp``, Stirling form)."""
+    r"""$\log(xx^p\,yy^q / B(p, q))$ for $\min(p, q) \ge 10$ (TOMS 708 ``brcomp``, Stirling form)."""
     u = rlog1_any(-lam / p, logxx + log1p(q / p))
     v = rlog1_any(lam / q, logyy + log1p(p / q))
     bcorr = stirling_delta(p) + stirling_delta(q) - stirling_delta(p + q)
@@ -269,7 +272,7 @@ def log_prefactor_stirling(p, q, lam, logxx, logyy):
 
 @triton.jit
 def log_prefactor(p, q, lam, logxx, logyy):
-    r""":math:`\log(xx^p\,yy^q / B(p, q))`: the Stirling form for :math:`\min(p, q) \ge 10`, else direct.
+    r"""$\log(xx^p\,yy^q / B(p, q))$: the Stirling form for $\min(p, q) \ge 10$, else direct.
 
     Each form is evaluated only in blocks that have elements needing it, on safe arguments elsewhere.
     """
@@ -298,7 +301,7 @@ def continued_fraction(p, q, x, y, lam, done, max_steps):
     r"""``(log G, d log G/dp, d log G/dq, converged)`` of the even-contracted fraction, forward-mode derivatives.
 
     Modified Lentz algorithm; every element of the block stops after the first step that passes the test
-    :math:`|C_n D_n - 1| \le` TOL and both relative increments within TOL (its state is frozen from then on), and
+    $|C_n D_n - 1| \le$ TOL and both relative increments within TOL (its state is frozen from then on), and
     the loop ends when all have stopped or after ``max_steps`` steps. ``done`` marks elements that need no fraction.
     """
     one_lam = 1.0 + lam
@@ -370,10 +373,10 @@ def continued_fraction(p, q, x, y, lam, done, max_steps):
 
 @triton.jit
 def series_sums(p, q, xx, done, max_terms):
-    r"""The sums :math:`T = \sum_j t_j/(p+j)`, :math:`\partial_p T`, :math:`\partial_q T` of the complement series.
+    r"""The sums $T = \sum_j t_j/(p+j)$, $\partial_p T$, $\partial_q T$ of the complement series.
 
-    :math:`t_j = (1-q)_j\,xx^j/j!`; an element stops after the first term whose contributions to :math:`T` and
-    :math:`\partial_q T` are within SERIES_TOL of the sums, at most ``max_terms`` terms. ``done`` marks
+    $t_j = (1-q)_j\,xx^j/j!$; an element stops after the first term whose contributions to $T$ and
+    $\partial_q T$ are within SERIES_TOL of the sums, at most ``max_terms`` terms. ``done`` marks
     elements that need no series.
     """
     t = zeros(xx) + 1.0
@@ -405,7 +408,7 @@ def series_sums(p, q, xx, done, max_terms):
 def betainc_kernel(a_ptr, b_ptr, x_ptr, out_ptr, n, m, max_steps, series_max_terms, BLOCK_SIZE: tl.constexpr):
     """``out[0..3, i] = (I, dI/da, dI/db, dI/dx)`` at ``(a[i % m], b[i % m], x[i])``, ``i < n``; float64.
 
-    ``max_steps`` and ``series_max_terms`` are the caps of :mod:`gbs_loss.special._constants`, passed at each
+    ``max_steps`` and ``series_max_terms`` are the caps of `gbs_loss.special._constants`, passed at each
     launch (so that the tests can lower them together with the reference's).
     """
     pid = tl.program_id(0)

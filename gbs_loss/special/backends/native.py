@@ -1,19 +1,19 @@
-"""The native (C) backend of :func:`gbs_loss.betainc` on CPU: the whole per-element computation in one call.
+"""The native (C) backend of `gbs_loss.betainc` on CPU: the whole per-element computation in one call.
 
-``gbs_loss/csrc/betainc.c`` computes, for every element, the value of :math:`I_x(a, b)` and its three partial
+``gbs_loss/csrc/betainc.c`` computes, for every element, the value of $I_x(a, b)$ and its three partial
 derivatives: the parameter terms (log-beta, Stirling differences, digamma differences without cancellation,
-:math:`\\log\\Gamma(1 + p)` for small ``p``), the prefactor (TOMS 708 ``brcomp`` style, with :math:`\\lambda` in
+$\\log\\Gamma(1 + p)$ for small ``p``), the prefactor (TOMS 708 ``brcomp`` style, with $\\lambda$ in
 double-double arithmetic), the continued fraction with forward-mode derivatives, the complement series, the ends
-and the invalid inputs. It is the same algorithm as the torch-operator reference (:mod:`gbs_loss.special`), written
+and the invalid inputs. It is the same algorithm as the torch-operator reference (`gbs_loss.special`), written
 for one element at a time: each element's state stays in registers and stops at its own convergence. Elements are
 spread over OpenMP threads (``torch.get_num_threads()`` of them), and the results do not depend on their number.
 
 The source is compiled at first use with the system C compiler and cached on disk (see
-:mod:`gbs_loss.special.backends._build`); it is called through :mod:`ctypes`, which releases the GIL. When there is
-no compiler or the build fails, :func:`available` is False and :func:`unavailable_reason` says why; the dispatcher
-(:mod:`gbs_loss.special.backends`) then uses the reference. This module does not read ``GBS_LOSS_BACKEND``.
+`gbs_loss.special.backends._build`); it is called through `ctypes`, which releases the GIL. When there is
+no compiler or the build fails, `available` is False and `unavailable_reason` says why; the dispatcher
+(`gbs_loss.special.backends`) then uses the reference. This module does not read ``GBS_LOSS_BACKEND``.
 
-Backend contract (shared with the Triton backend): :func:`betainc_with_grads` takes float64 CPU tensors, ``x``
+Backend contract (shared with the Triton backend): `betainc_with_grads` takes float64 CPU tensors, ``x``
 contiguous 1-D of length ``n`` and ``a``, ``b`` contiguous 1-D of one length ``m`` with ``n % m == 0``; element
 ``i`` uses ``a[i % m]``, ``b[i % m]`` (the parameter terms are then computed once per pair). It returns four
 contiguous float64 1-D tensors of length ``n``: the value and the derivatives with respect to ``a``, ``b``, ``x``.
@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -38,18 +40,20 @@ _SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "betainc.c"
 _ABI_VERSION = 3
 _LOCK = threading.Lock()
 _F64 = torch.float64
+# The loaded C function ``gbs_betainc`` (a ctypes function pointer whose result is a C int status).
+_Kernel = Callable[..., int]
 # (function, path, reason): filled by the first call of _load.
 _STATE: dict[str, object] = {}
 
 
-def _load() -> ctypes._CFuncPtr | None:
+def _load() -> _Kernel | None:
     """Build (once per machine) and load the kernel once per process; the C function, or None."""
     fn = _STATE.get("fn", False)
     if fn is not False:
-        return fn  # type: ignore[return-value]
+        return cast("_Kernel | None", fn)
     with _LOCK:
         if "fn" in _STATE:
-            return _STATE["fn"]  # type: ignore[return-value]
+            return cast("_Kernel | None", _STATE["fn"])
         try:
             lib, path = load_library(_SOURCE, "betainc", _ABI_VERSION, "gbs_betainc_abi_version")
         except (BuildError, OSError) as exc:
@@ -61,32 +65,57 @@ def _load() -> ctypes._CFuncPtr | None:
             _STATE.update(fn=None, path=None, reason=reason, openmp=False)
             return None
         vp, i64, dbl = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
-        fn = lib.gbs_betainc
-        fn.restype = ctypes.c_int
-        fn.argtypes = [i64, i64, *([vp] * 7), i64, dbl, dbl, i64, dbl, dbl, ctypes.c_int]
-        _STATE.update(fn=fn, path=str(path), reason=None, openmp=bool(lib.gbs_betainc_has_openmp()))
-        return fn
+        kernel = lib.gbs_betainc
+        kernel.restype = ctypes.c_int
+        kernel.argtypes = [i64, i64, *([vp] * 7), i64, dbl, dbl, i64, dbl, dbl, ctypes.c_int]
+        _STATE.update(fn=kernel, path=str(path), reason=None, openmp=bool(lib.gbs_betainc_has_openmp()))
+        return cast("_Kernel", kernel)
 
 
 def available() -> bool:
-    """Whether the native kernel can run here: it is built (at the first call) and loaded. Never raises."""
+    """Whether the native kernel can run here: it is built (at the first call) and loaded. Never raises.
+
+    Example:
+        >>> from gbs_loss.special.backends import native
+        >>> native.available() == (native.library_path() is not None)  # available where a C compiler is found
+        True
+    """
     return _load() is not None
 
 
 def unavailable_reason() -> str | None:
-    """Why :func:`available` is False (the compiler, the command and its error output); None when it is True."""
+    """Why `available` is False (the compiler, the command and its error output); None when it is True.
+
+    Example:
+        >>> from gbs_loss.special.backends import native
+        >>> (native.unavailable_reason() is None) == native.available()
+        True
+    """
     _load()
-    return _STATE.get("reason")  # type: ignore[return-value]
+    return cast("str | None", _STATE.get("reason"))
 
 
 def library_path() -> str | None:
-    """Path of the loaded shared library, or None when the kernel is unavailable."""
+    """Path of the loaded shared library, or None when the kernel is unavailable.
+
+    Example:
+        >>> from gbs_loss.special.backends import native
+        >>> path = native.library_path()  # e.g. "~/.cache/gbs_loss/betainc-0bb3edf1423016e3.so"
+        >>> path is None or path.endswith(".so")
+        True
+    """
     _load()
-    return _STATE.get("path")  # type: ignore[return-value]
+    return cast("str | None", _STATE.get("path"))
 
 
 def has_openmp() -> bool:
-    """Whether the loaded library was built with OpenMP (else it runs on one thread)."""
+    """Whether the loaded library was built with OpenMP (else it runs on one thread).
+
+    Example:
+        >>> from gbs_loss.special.backends import native
+        >>> native.has_openmp() in (True, False)  # True with gcc, and with clang where libomp is installed
+        True
+    """
     _load()
     return bool(_STATE.get("openmp", False))
 
@@ -102,13 +131,24 @@ def betainc_with_grads(a: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor,
     Returns:
         Four contiguous float64 tensors of shape ``(n,)``. Invalid inputs (``a <= 0``, ``b <= 0``, non-finite
         parameters, ``x`` outside ``[0, 1]`` or NaN) and elements whose continued fraction or series has not
-        converged within the caps of :mod:`gbs_loss.special._constants` give NaN in all four.
+        converged within the caps of `gbs_loss.special._constants` give NaN in all four.
 
     Raises:
-        RuntimeError: the kernel is unavailable (check :func:`available` first).
+        RuntimeError: the kernel is unavailable (check `available` first).
         ValueError: the arguments break the contract above.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.special.backends import native, torch_ops
+        >>> a = torch.tensor([2.0], dtype=torch.float64)
+        >>> b = torch.tensor([3.0], dtype=torch.float64)
+        >>> x = torch.tensor([0.25, 0.5], dtype=torch.float64)
+        >>> backend = native if native.available() else torch_ops  # native needs a C compiler
+        >>> value, d_a, d_b, d_x = backend.betainc_with_grads(a, b, x)
+        >>> value
+        tensor([0.2617, 0.6875], dtype=torch.float64)
     """
-    fn = _STATE.get("fn") or _load()
+    fn = cast("_Kernel | None", _STATE.get("fn")) or _load()
     if fn is None:
         raise RuntimeError(f"the native betainc kernel is unavailable: {_STATE.get('reason')}")
     n, m = x.numel(), a.numel()

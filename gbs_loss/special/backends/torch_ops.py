@@ -5,7 +5,7 @@ backend for devices that have neither (MPS is excluded by its lack of float64; X
 converged elements leave the working set early (compact mode); on other devices the continued fraction runs in
 masked chunks with one host synchronisation per chunk (the Triton backend never synchronises).
 
-The private switch :data:`_MODE` (``"auto"``, ``"compact"`` or ``"masked"``; see :func:`_forced_mode`) lets the
+The private switch `_MODE` (``"auto"``, ``"compact"`` or ``"masked"``; see `_forced_mode`) lets the
 tests run the masked mode on CPU, so that the accelerator path is executed and checked against the oracle.
 """
 
@@ -25,12 +25,18 @@ _MODES = ("auto", "compact", "masked")
 
 
 def available() -> bool:
-    """Always true: the reference needs nothing beyond PyTorch."""
+    """Always true: the reference needs nothing beyond PyTorch.
+
+    Example:
+        >>> from gbs_loss.special.backends import torch_ops
+        >>> torch_ops.available()
+        True
+    """
     return True
 
 
 def betainc_with_grads(a: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(I, dI/da, dI/db, dI/dx)`` under the backend contract (see :mod:`gbs_loss.special.backends`).
+    """``(I, dI/da, dI/db, dI/dx)`` under the backend contract (see `gbs_loss.special.backends`).
 
     Args:
         a, b: Contiguous float64 tensors of shape ``(m,)``.
@@ -39,6 +45,16 @@ def betainc_with_grads(a: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor,
 
     Returns:
         Four contiguous float64 tensors of shape ``(n,)``.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.special.backends import torch_ops
+        >>> a = torch.tensor([2.0], dtype=torch.float64)
+        >>> b = torch.tensor([3.0], dtype=torch.float64)
+        >>> x = torch.tensor([0.25, 0.5], dtype=torch.float64)
+        >>> value, d_a, d_b, d_x = torch_ops.betainc_with_grads(a, b, x)
+        >>> value, d_x
+        (tensor([0.2617, 0.6875], dtype=torch.float64), tensor([1.6875, 1.5000], dtype=torch.float64))
     """
     compact = x.device.type == "cpu" if _MODE == "auto" else _MODE == "compact"
     return betainc_kernel(a, b, x, compact)

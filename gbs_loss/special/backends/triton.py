@@ -1,21 +1,21 @@
-r"""The "triton" backend of :func:`gbs_loss.betainc`: one fused Triton kernel per forward, on GPUs.
+r"""The "triton" backend of `gbs_loss.betainc`: one fused Triton kernel per forward, on GPUs.
 
 The whole per-element computation (parameter terms, prefactor, continued fraction with its forward-mode
 derivatives, complement series, ends and invalid inputs) runs in one kernel,
-:func:`gbs_loss.special.backends._triton_math.betainc_kernel`, in float64: one launch per forward, no host
+`gbs_loss.special.backends._triton_math.betainc_kernel`, in float64: one launch per forward, no host
 synchronisation, no intermediate tensors beyond the ``(4, n)`` output. Each program handles
-:data:`~gbs_loss.special.backends._triton_math.BLOCK` elements and runs the fraction in a ``while`` loop until
-all of them have converged (or the shared step cap, :data:`~gbs_loss.special._constants.MAX_STEPS`).
+`BLOCK` elements and runs the fraction in a ``while`` loop until
+all of them have converged (or the shared step cap, `MAX_STEPS`).
 
-The kernel is launched from a :func:`torch.library.triton_op` (``gbs_loss::betainc_triton``) through
-:func:`torch.library.wrap_triton`, so that ``torch.compile(fullgraph=True)`` sees the kernel itself.
+The kernel is launched from a `torch.library.triton_op` (``gbs_loss::betainc_triton``) through
+`torch.library.wrap_triton`, so that ``torch.compile(fullgraph=True)`` sees the kernel itself.
 
 Under Triton's interpreter (``TRITON_INTERPRET=1``) the same kernel runs on CPU tensors, which is how CI tests it.
 ``wrap_triton`` cannot trace an interpreted kernel, so there the launch goes through a second, opaque custom
 operator (``gbs_loss::betainc_triton_interpreted``), which ``torch.compile`` treats as a black box.
 
-Triton is optional: without it this module still imports, :func:`available` is false and
-:func:`betainc_with_grads` raises.
+Triton is optional: without it this module still imports, `available` is false and
+`betainc_with_grads` raises.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import importlib.util
 import os
 import sys
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -45,17 +46,37 @@ _LAUNCHES = [0]
 
 
 def interpreted() -> bool:
-    """Whether Triton's interpreter is on (``TRITON_INTERPRET`` set to anything but ``0``), read at each call."""
+    """Whether Triton's interpreter is on (``TRITON_INTERPRET`` set to anything but ``0``), read at each call.
+
+    Example:
+        >>> import os
+        >>> from gbs_loss.special.backends import triton
+        >>> triton.interpreted() == (os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0"))
+        True
+    """
     return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
 
 
 def available() -> bool:
-    """Whether this backend can run: Triton imports, and a CUDA device is present or the interpreter is on."""
+    """Whether this backend can run: Triton imports, and a CUDA device is present or the interpreter is on.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.special.backends import triton
+        >>> triton.available() <= (torch.cuda.is_available() or triton.interpreted())
+        True
+    """
     return _triton is not None and (interpreted() or torch.cuda.is_available())
 
 
 def launches() -> int:
-    """How many times the kernel has been launched in this process (eager launches; a test aid)."""
+    """How many times the kernel has been launched in this process (eager launches; a test aid).
+
+    Example:
+        >>> from gbs_loss.special.backends import triton
+        >>> isinstance(triton.launches(), int)
+        True
+    """
     return _LAUNCHES[0]
 
 
@@ -71,7 +92,12 @@ def _kernels(interpret: bool) -> ModuleType:
             raise RuntimeError("the compiled Triton kernel cannot be loaded while TRITON_INTERPRET is on")
         return importlib.import_module(_MATH_MODULE)
     name = _MATH_MODULE + "_interpreted"
-    spec = importlib.util.spec_from_file_location(name, importlib.util.find_spec(_MATH_MODULE).origin)
+    source = importlib.util.find_spec(_MATH_MODULE)
+    if source is None or source.origin is None:
+        raise ImportError(f"cannot find the source of {_MATH_MODULE}")
+    spec = importlib.util.spec_from_file_location(name, source.origin)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {source.origin} as {name}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
@@ -82,8 +108,12 @@ def _grid(n: int, block: int) -> tuple[int]:
     return ((n + block - 1) // block,)
 
 
-def _launch(kernel, a: Tensor, b: Tensor, x: Tensor, out: Tensor, block: int, num_warps: int) -> None:
-    """One launch over all ``n`` elements; the caps are read from :mod:`gbs_loss.special._constants` now."""
+def _launch(kernel: Any, a: Tensor, b: Tensor, x: Tensor, out: Tensor, block: int, num_warps: int) -> None:
+    """One launch over all ``n`` elements; the caps are read from `gbs_loss.special._constants` now.
+
+    ``kernel`` is a ``triton.JITFunction`` or its `torch.library.wrap_triton` wrapper (``Any``: Triton is
+    optional and its launch syntax ``kernel[grid](...)`` has no static type).
+    """
     n, m = x.numel(), a.numel()
     caps = (_constants.MAX_STEPS, _constants.SERIES_MAX_TERMS)
     kernel[_grid(n, block)](a, b, x, out, n, m, *caps, BLOCK_SIZE=block, num_warps=num_warps)
@@ -109,7 +139,8 @@ if _triton is not None:
     def _betainc_triton(a: Tensor, b: Tensor, x: Tensor) -> Tensor:
         """``(4, n)`` float64: rows ``I, dI/da, dI/db, dI/dx`` under the backend contract (one kernel launch)."""
         if interpreted():
-            return _betainc_interpreted(a, b, x)
+            interpreted_out: Tensor = _betainc_interpreted(a, b, x)
+            return interpreted_out
         out = torch.empty((4, x.numel()), dtype=torch.float64, device=x.device)
         if x.numel():
             math = _kernels(False)
@@ -120,7 +151,7 @@ if _triton is not None:
 
 
 def betainc_with_grads(a: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(I, dI/da, dI/db, dI/dx)`` under the backend contract (see :mod:`gbs_loss.special.backends`).
+    """``(I, dI/da, dI/db, dI/dx)`` under the backend contract (see `gbs_loss.special.backends`).
 
     Args:
         a, b: Contiguous float64 tensors of shape ``(m,)``.
@@ -132,8 +163,17 @@ def betainc_with_grads(a: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor,
 
     Raises:
         RuntimeError: Triton is not installed.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.special.backends import triton
+        >>> a = torch.tensor([2.0], dtype=torch.float64, device="cuda")  # doctest: +SKIP
+        >>> b = torch.tensor([3.0], dtype=torch.float64, device="cuda")  # doctest: +SKIP
+        >>> x = torch.tensor([0.25, 0.5], dtype=torch.float64, device="cuda")  # doctest: +SKIP
+        >>> triton.betainc_with_grads(a, b, x)[0]  # doctest: +SKIP
+        tensor([0.2617, 0.6875], device='cuda:0', dtype=torch.float64)
     """
     if _triton is None:
         raise RuntimeError("the triton backend needs the triton package, which is not installed")
-    out = torch.ops.gbs_loss.betainc_triton(a, b, x)
+    out: Tensor = torch.ops.gbs_loss.betainc_triton(a, b, x)
     return out[0], out[1], out[2], out[3]
