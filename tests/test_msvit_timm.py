@@ -215,6 +215,18 @@ def test_a_fresh_gate_starts_near_the_target_split_rate():
     assert 0.2 < rate < 0.4
 
 
+def test_a_fresh_gate_splits_about_the_target_in_evaluation_whatever_the_seed():
+    rates = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = from_timm(_create("vit_small_patch16_224", num_classes=5, depth=1), target=0.3).eval()
+        with torch.no_grad():
+            images = torch.randn(16, 3, 224, 224, generator=torch.Generator().manual_seed(100 + seed))
+            model(images)
+            rates.append(model.last_output.gate.mask.mean().item())
+    assert all(abs(r - 0.3) < 0.12 for r in rates), rates
+
+
 # -- defaults for every patch size --------------------------------------------------------------------------------
 @pytest.mark.parametrize(("patch", "size", "resolution"), [(8, 64, 8), (14, 56, 7), (16, 64, 8), (32, 128, 8)])
 def test_defaults_fit_every_patch_size(patch, size, resolution):

@@ -77,11 +77,21 @@ class MixedScaleGate(nn.Module):
             ``"none"`` does not.
         temperature: :math:`\tau > 0` of the soft values.
         threshold: Soft value above which a region is split, in ``(0, 1)``.
-        init_rate: Fraction of regions a fresh gate splits in training, in ``(0, 1)``: the output bias starts at
-            :math:`\operatorname{logit}(\text{init\_rate})`, so that with logistic noise a region splits with
-            probability about ``init_rate`` (exactly, were the MLP's other outputs zero). Pass the target rate of
-            the Generalized Batch-Shaping loss. In evaluation a fresh gate thresholds its logits, which are all
-            near that bias: it splits few regions for ``init_rate < 0.5``; use ``budget`` for an exact count.
+        init_rate: Fraction of regions a fresh gate splits, in ``(0, 1)``; pass the target rate of the
+            Generalized Batch-Shaping loss. With PyTorch's default initialisation the logits of a fresh MLP
+            differ by only about 0.01 across regions, around an offset that depends on the seed, so thresholding
+            them at 0 in evaluation splits 0% or 100% of the regions. The output layer is therefore calibrated at
+            construction on :meth:`reference_inputs` (synthetic standardized images, a fixed private generator):
+            its weights are scaled so that the logits :math:`\ell` have standard deviation
+            :attr:`INIT_LOGIT_STD` (``s``, two logistic scales) over the reference regions, and its bias is set so
+            that exactly ``init_rate`` of them have :math:`\ell > 0`, the evaluation decision. In training a
+            region splits when :math:`\ell + L > 0`; were :math:`\ell` logistic with scale :math:`s' = s\sqrt{3}
+            / \pi` and :math:`P(\ell > 0) = r`, its mean is :math:`s' \operatorname{logit}(r)` and the sum has
+            about logistic scale :math:`\sqrt{1 + s'^2}`, so training splits about :math:`\sigma(s'
+            \operatorname{logit}(r) / \sqrt{1 + s'^2})`: 0.12 for 0.1, 0.32 for 0.3 (the larger ``s``, the closer
+            the two rates; at ``s' = 2`` the soft values are not yet saturated). On other images the rate
+            follows their scale: about ``init_rate`` (within 0.1) on standardized images, closer to 0.5 on images
+            whose regions differ much more than the reference's. Use ``budget`` for an exact count.
         budget: Per-image budget mode: ``None`` (default) thresholds every region independently; an int ``k``
             splits exactly the ``k`` regions with the largest (noisy, in training) logits of every image, a float
             in ``[0, 1]`` that fraction of the regions (rounded). Every image then has exactly
@@ -162,9 +172,53 @@ class MixedScaleGate(nn.Module):
         for w_in, w_out in zip(widths[:-1], widths[1:], strict=True):
             layers += [nn.Linear(w_in, w_out), nn.GELU()]
         layers.append(nn.Linear(widths[-1], 1))
-        with torch.no_grad():
-            layers[-1].bias.fill_(math.log(init_rate) - math.log1p(-init_rate))
         self.mlp = nn.Sequential(*layers)
+        self._calibrate_output_layer()
+
+    #: Standard deviation of a fresh gate's logits over the reference regions (2 logistic scales, about 3.6).
+    INIT_LOGIT_STD = 2.0 * math.pi / math.sqrt(3.0)
+
+    def reference_inputs(self, images: int = 32) -> Tensor:
+        """Region inputs of synthetic standardized images, the reference on which a fresh gate is calibrated.
+
+        Each image is the sum of a smooth random field (Gaussian noise on an 8 x 8 grid, upsampled bicubically)
+        and white noise, with per-image weights drawn log-uniformly in ``[0.1, 1]``: the value scale of images
+        normalized per channel (mean 0, standard deviation about 1), from flat, textured to noisy regions. A
+        private generator with a fixed seed draws them, so the global random state is untouched and the result
+        does not depend on the seed.
+
+        Args:
+            images: Number of reference images, of ``4 x 4`` coarse regions each.
+
+        Returns:
+            Tensor of shape ``(images * 16, in_channels * gate_resolution ** 2)`` in the dtype and on the device
+            of the gate's parameters.
+        """
+        weight = self.mlp[-1].weight
+        generator = torch.Generator().manual_seed(12345)
+        side = 4 * self.coarse_size
+        shape = (images, self.in_channels)
+        field = torch.randn(*shape, 8, 8, generator=generator, dtype=torch.float64)
+        field = F.interpolate(field, size=(side, side), mode="bicubic", align_corners=False)
+        noise = torch.randn(*shape, side, side, generator=generator, dtype=torch.float64)
+        a, b = torch.exp(
+            torch.empty(2, images, 1, 1, 1, dtype=torch.float64).uniform_(math.log(0.1), 0.0, generator=generator)
+        )
+        regions = self.region_inputs((a * field + b * noise).to(weight.dtype).to(weight.device))
+        return regions.reshape(-1, regions.shape[-1])
+
+    @torch.no_grad()
+    def _calibrate_output_layer(self) -> None:
+        """Scale the output layer and set its bias so that a fresh gate splits ``init_rate`` of the regions."""
+        last = self.mlp[-1]
+        if last.weight.is_meta:
+            last.bias.fill_(math.log(self.init_rate) - math.log1p(-self.init_rate))
+            return
+        features = self.mlp[:-1](self.reference_inputs()).double()
+        raw = features @ last.weight.double().squeeze(0)
+        scale = self.INIT_LOGIT_STD / raw.std().clamp_min(1e-12)
+        last.weight.mul_(scale.to(last.weight.dtype))
+        last.bias.fill_(-torch.quantile(scale * raw, 1.0 - self.init_rate).item())
 
     @property
     def region_features(self) -> int:
