@@ -18,11 +18,22 @@ import torch.distributions as td
 from torch import Tensor
 
 from gbs_loss import _sorting
-from gbs_loss._coerce import check_bool
-from gbs_loss._dtypes import LOW_PRECISION, compute_dtype, saturating_cast
+from gbs_loss._coerce import check_bool, check_devices
+from gbs_loss._dtypes import LOW_PRECISION, compute_dtype, saturate, saturating_cast
 from gbs_loss._shapes import broadcast_shapes
 from gbs_loss.distributed import _check_group, gather_batch
-from gbs_loss.priors import Beta, CdfKernel, ClosedFormCdf, Prior, RelaxedBernoulli, _within, make_reduce
+from gbs_loss.priors import (
+    Beta,
+    CdfKernel,
+    ClosedFormCdf,
+    Prior,
+    RelaxedBernoulli,
+    _check_points,
+    _within,
+    make_reduce,
+)
+from gbs_loss.special._op import _flat64, betainc_block
+from gbs_loss.special.api import _shares_trailing
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -134,8 +145,9 @@ def _check_batch(
         )
     if not validate_args or x.device.type == "meta":  # a meta tensor has no values to check
         return
-    if torch.compiler.is_compiling():
-        # No host read under torch.compile: an asynchronous device assertion (a RuntimeError when it fails).
+    if torch.compiler.is_compiling() or x.device.type != "cpu":
+        # No host read under torch.compile or on an accelerator: an asynchronous device assertion (a RuntimeError
+        # when it fails; on CUDA a device-side assertion, reported at the next synchronisation).
         if support is None:
             torch._assert_async(torch.isfinite(x).all(), f"{name}{where} must be finite (validate_args=True)")
         else:
@@ -379,6 +391,178 @@ def _fused_loss(
     return out
 
 
+def _beta_parameters(prior: object) -> tuple[Tensor, Tensor] | None:
+    """``(a, b)`` of a Beta prior whose CDF is this library's (the capability of the fused Beta path), else None."""
+    method = getattr(prior, "betainc_parameters", None)
+    if method is None:
+        return None
+    ab = method()
+    return ab if isinstance(ab, tuple) and len(ab) == 2 and all(isinstance(t, Tensor) for t in ab) else None
+
+
+_F64 = torch.float64
+#: ``(par_shape, m, out_dtype)``: the shape ``(a, b)`` are expanded to and passed as ``m`` values to the backend
+#: (one per trailing block of positions), and the dtype of the loss.
+_BetaPlan = tuple[torch.Size, int, torch.dtype]
+
+
+def _beta_forward(
+    x: Tensor, a: Tensor, b: Tensor, dim: int, reduction: str, nonnegative: bool, plan: _BetaPlan, grads: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""The forward of :class:`_FusedBeta`: ``(loss, indices, p_x, s_ab)``.
+
+    With :math:`r_{ik} = I_{x_{(i),k}}(a_k, b_k) - i/(N+1)` (in float64) and :math:`c` the reduction's factor,
+    ``p_x`` holds :math:`2 c\, r_{ik}\,\partial I/\partial x` at the sorted points (batch first, shape
+    ``(N, D)``) and ``s_ab`` the per-position sums :math:`2 c \sum_i r_{ik}\,\partial I/\partial a` and
+    :math:`2 c \sum_i r_{ik}\,\partial I/\partial b` (shape ``(2, D)``), both in the dtype of the loss (saturating);
+    they are the gradients for an incoming gradient of 1. Unless ``grads``, ``p_x`` and ``s_ab`` are empty.
+    """
+    par_shape, m, out_dtype = plan
+    xs, indices = _sorting.sort(x, dim, nonnegative)
+    n = x.shape[dim]
+    moved = xs if dim == 0 else xs.movedim(dim, 0)
+    count = moved.numel()
+    positions = count // n
+    # One copy: the sorted points, batch first, float64, contiguous (the layout of the backend contract).
+    if moved.dtype == _F64 and moved.is_contiguous():
+        x64 = moved.view(count)
+    else:
+        x64 = torch.empty(count, dtype=_F64, device=x.device).copy_(moved.reshape(count))
+    if not nonnegative:
+        # Outside [0, 1] the CDF is the constant 0 or 1 (NaN stays NaN), as in Beta.cdf.
+        x64 = x64.clamp(0.0, 1.0)
+    block = betainc_block(_flat64(a, par_shape, m), _flat64(b, par_shape, m), x64)
+    rows = block.view(4, n, positions)
+    r = rows[0]
+    # r = I - i / (N + 1), in place (1/(N+1) rounded once: within an ulp of i/(N+1)).
+    r.sub_(torch.arange(1, n + 1, dtype=_F64, device=x.device).view(n, 1), alpha=1.0 / (n + 1))
+    if reduction == "none":
+        factor = 1.0 / n
+        loss = r.square().mean(0).view(moved.shape[1:])
+    else:
+        factor = 1.0 / (count if reduction == "mean" else n)
+        flat = block[0]
+        loss = torch.dot(flat, flat).mul_(factor)
+    if loss.dtype != out_dtype:
+        loss = loss.to(out_dtype)
+    if not grads:
+        return loss, indices, r, r
+    # Rows 1, 2, 3 of the block become 2 c r dI/da, 2 c r dI/db, 2 c r dI/dx, in place.
+    rows[1:].mul_(r.mul_(2.0 * factor))
+    p_x = rows[3]
+    if not nonnegative:
+        # The clamp's gradient: 0 outside [0, 1] and at NaN points.
+        p_x.masked_fill_(~((moved >= 0) & (moved <= 1)).view(n, positions), 0.0)
+    s_ab = rows[1:3].sum(1)
+    if out_dtype != _F64:
+        p_x, s_ab = _saturated(p_x, out_dtype), _saturated(s_ab, out_dtype)
+    return loss, indices, p_x, s_ab
+
+
+def _saturated(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """A float64 tensor that may be overwritten, cast to ``dtype`` saturating at its largest finite value."""
+    big = torch.finfo(dtype).max
+    return t.clamp_(-big, big).to(dtype)
+
+
+class _FusedBeta(torch.autograd.Function):
+    r"""The Batch-Shaping loss of a Beta prior as one autograd node, with one ``betainc`` backend call.
+
+    Forward: sort along ``dim``; one float64 copy of the sorted points, batch first; one call of the
+    ``betainc`` backend chosen by :mod:`gbs_loss.special.backends` (Triton on CUDA, native on CPU, torch
+    operations otherwise) for :math:`I`, :math:`\partial I/\partial a`, :math:`\partial I/\partial b` and
+    :math:`\partial I/\partial x` at all points, written into one ``(4, N D)`` buffer; the residuals
+    :math:`r_{ik} = I_{ik} - i/(N+1)` and the loss :math:`c \sum_{ik} r_{ik}^2` (:math:`c = 1/(ND)` for the mean,
+    :math:`1/N` for the sum and, per position, for ``"none"``). It saves only the gradients for an incoming
+    gradient of one,
+
+    .. math::
+
+        \frac{\partial L}{\partial x_{(i),k}} = 2 c\, r_{ik} \frac{\partial I_{ik}}{\partial x}, \qquad
+        \frac{\partial L}{\partial a_k} = 2 c \sum_i r_{ik} \frac{\partial I_{ik}}{\partial a}, \qquad
+        \frac{\partial L}{\partial b_k} = 2 c \sum_i r_{ik} \frac{\partial I_{ik}}{\partial b},
+
+    so that the backward is one multiplication by the incoming gradient per input, the scatter back through the
+    sort's permutation for ``x`` and a sum over the positions that share a parameter. Everything is computed in
+    float64 and cast once, saturating, to the loss's dtype (the saved gradients for an incoming gradient of one;
+    the product with the incoming gradient is then taken in that dtype). The numbers are those of the general path
+    (``Beta.cdf`` through :func:`gbs_loss.betainc`, then the squared distance), to rounding.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, a: Tensor, b: Tensor, dim: int, reduction: str, nonnegative: bool, plan: _BetaPlan
+    ) -> Tensor:
+        loss, indices, p_x, s_ab = _beta_forward(x, a, b, dim, reduction, nonnegative, plan, True)
+        ctx.save_for_backward(indices, p_x, s_ab)
+        ctx.dim, ctx.reduction, ctx.plan = dim, reduction, plan
+        ctx.meta = (x.dtype, a.shape, a.dtype, b.shape, b.dtype)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        indices, p_x, s_ab = ctx.saved_tensors
+        dim = ctx.dim
+        par_shape, m, _ = ctx.plan
+        x_dtype, a_shape, a_dtype, b_shape, b_dtype = ctx.meta
+        positions = p_x.shape[1]
+        g = grad.reshape(1, positions) if ctx.reduction == "none" else grad
+        gx = ga = gb = None
+        if ctx.needs_input_grad[0]:
+            gxs = p_x * g
+            if gxs.dtype != x_dtype:
+                gxs = saturate(gxs, x_dtype)
+            if dim != 0:
+                src = gxs.view(indices.movedim(dim, 0).shape).movedim(0, dim)
+            else:
+                src = gxs if gxs.shape == indices.shape else gxs.view(indices.shape)
+            gx = torch.empty(indices.shape, dtype=x_dtype, device=src.device).scatter_(dim, indices, src)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            g_ab = s_ab * g
+            if m != positions:  # parameters shared by the trailing blocks of positions
+                g_ab = g_ab.view(2, positions // m, m).sum(1)
+            ga = _param_grad(g_ab[0], par_shape, a_shape, a_dtype) if ctx.needs_input_grad[1] else None
+            gb = _param_grad(g_ab[1], par_shape, b_shape, b_dtype) if ctx.needs_input_grad[2] else None
+        return gx, ga, gb, None, None, None, None
+
+
+def _param_grad(g: Tensor, par_shape: torch.Size, shape: torch.Size, dtype: torch.dtype) -> Tensor:
+    """A parameter's gradient (``m`` values) summed to its shape and cast, saturating, to its dtype."""
+    if g.shape != par_shape:
+        g = g.view(par_shape)
+    if g.shape != shape:
+        g = g.sum_to_size(shape)
+    return g if g.dtype == dtype else saturate(g, dtype)
+
+
+def _fused_beta_loss(
+    x: Tensor, prior: object, ab: tuple[Tensor, Tensor], dim: int, reduction: str, nonnegative: bool, name: str
+) -> Tensor:
+    """The loss of a Beta prior through :class:`_FusedBeta` (tied samples ranked in the fixed order of the sort)."""
+    a, b = ab
+    positions = x.shape[:dim] + x.shape[dim + 1 :]
+    _check_prior_shape(prior, positions, name)
+    check_devices(f"{type(prior).__name__}.cdf", x=x, a=a, b=b)
+    # 0-dimensional CPU parameters (numbers) go to the points' device, as in betainc.
+    a, b = (t if t.device == x.device else t.to(x.device) for t in ab)
+    # The dtype Beta.cdf computes in (compute_dtype; without its type promotions when all dtypes agree).
+    same = (a.dtype == x.dtype or a.dim() == 0) and (b.dtype == x.dtype or b.dim() == 0)
+    out_dtype = x.dtype if same and x.dtype in (torch.float32, _F64) else compute_dtype(x, a, b)
+    validate = _validates(prior)
+    if validate:
+        _check_points(f"{type(prior).__name__}.cdf", "x", x, 0.0, 1.0)
+    nonnegative = nonnegative or validate
+    ab_shape = broadcast_shapes(a.shape, b.shape)
+    shared = _shares_trailing(ab_shape, positions)
+    par_shape = ab_shape if shared else positions
+    plan = (par_shape, math.prod(par_shape), out_dtype)
+    if not (torch.is_grad_enabled() and (x.requires_grad or a.requires_grad or b.requires_grad)):
+        return _beta_forward(x, a, b, dim, reduction, nonnegative, plan, False)[0]
+    out: Tensor = _FusedBeta.apply(x, a, b, dim, reduction, nonnegative, plan)  # type: ignore[no-untyped-call]
+    return out
+
+
 def _check_support(x: Tensor, prior: object, name: str, owner: str) -> None:
     """``x`` inside the prior's closed support (and not NaN); an assertion on the device under compile.
 
@@ -387,10 +571,12 @@ def _check_support(x: Tensor, prior: object, name: str, owner: str) -> None:
     """
     lo, hi = _support_bounds(prior)
     expected = f"inside the support [{lo:g}, {hi:g}] of the {owner}"
-    if torch.compiler.is_compiling():
+    if x.device.type == "meta":
+        return
+    if torch.compiler.is_compiling() or x.device.type != "cpu":
         torch._assert_async(((x >= lo) & (x <= hi)).all(), f"{name} must be {expected} (and not NaN)")
         return
-    if x.device.type == "meta" or _within(x, lo, hi):
+    if _within(x, lo, hi):
         return
     bad = ~((x >= lo) & (x <= hi))
     first = x.detach()[bad].reshape(-1)[0].item()
@@ -440,7 +626,9 @@ def _shaping_loss(
 
     ``nonnegative``: the values were checked to lie in ``[0, 1]`` (the sort may then skip a step). A prior
     with a closed-form CDF (``closed_form_cdf()``, e.g. :class:`~gbs_loss.priors.RelaxedBernoulli` and
-    :class:`~gbs_loss.priors.Normal`) takes a fused path (:class:`_FusedShaping`) when ``ties`` is false.
+    :class:`~gbs_loss.priors.Normal`) takes a fused path (:class:`_FusedShaping`) when ``ties`` is false, and so
+    does a Beta prior whose CDF is :func:`gbs_loss.betainc` (``betainc_parameters()``, e.g.
+    :class:`~gbs_loss.priors.Beta` and :class:`~gbs_loss.priors.SymmetricBeta`; :class:`_FusedBeta`).
 
     ``x`` is checked already and ``dim`` normalised. The batch is sorted once; the permutation is a constant
     for autograd (the gradient of the sort is the scatter back to the original order).
@@ -454,6 +642,9 @@ def _shaping_loss(
     closed = None if ties else _closed_form(prior)
     if closed is not None:
         return _fused_loss(x, prior, closed, dim, reduction, nonnegative, prior_name)
+    ab = None if ties else _beta_parameters(prior)
+    if ab is not None:
+        return _fused_beta_loss(x, prior, ab, dim, reduction, nonnegative, prior_name)
     xs: Tensor = _SortValues.apply(x, dim, nonnegative).movedim(dim, 0)  # type: ignore[no-untyped-call]
     n = xs.shape[0]
     positions = xs.shape[1:]
@@ -533,8 +724,10 @@ def batch_shaping_loss(
             arbitrary order, the same in every run on a given device (results are reproducible).
         reduction: ``"mean"`` over positions (the published convention), ``"sum"``, or ``"none"`` for one
             loss per position.
-        validate_args: Check that ``x`` is finite (reads values: synchronises with an accelerator). Shape and
-            dtype checks are always done. Without it NaN samples give a NaN loss.
+        validate_args: Check that ``x`` is finite. On the CPU a failure raises a ``ValueError`` with the count
+            and an example; on an accelerator (and under ``torch.compile``) the check is an asynchronous device
+            assertion, without host synchronisation, which fails at the next synchronisation (on CUDA a
+            device-side assertion). Shape and dtype checks are always done. Without it NaN samples give a NaN loss.
         distributed: Gather the batches of all processes of ``process_group`` along ``dim`` before computing
             the loss (every process must call the loss). With ``validate_args=True`` the processes exchange
             their batch sizes, which may then differ; with ``validate_args=False`` they must be equal and

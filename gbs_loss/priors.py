@@ -22,6 +22,8 @@ The losses accept any object with a differentiable ``cdf`` (the :class:`Prior` p
 :mod:`torch.distributions` instance, say. :class:`RelaxedBernoulli` and :class:`Normal` also have a
 closed-form CDF with a hand-written backward (:meth:`Normal.closed_form_cdf`), which the losses fuse with the
 sort and the squared distance into one autograd node; any prior exposing that method takes the fused path.
+:class:`Beta` (and :class:`SymmetricBeta`) expose :meth:`Beta.betainc_parameters` instead: the losses then call
+the ``betainc`` backend once inside their own node (values and the three partial derivatives in one pass).
 
 Parameters are Python numbers or tensors, learnable or not; tensors are used as given (not copied), so
 gradients reach them. Python numbers are kept exact (float64) and 0-dimensional for the CDF, so they neither
@@ -34,12 +36,14 @@ torch's global default (:meth:`torch.distributions.Distribution.set_default_vali
 on but which ``torch.compile`` switches off for the whole process on its first use. With validation the
 constructor checks the parameters against the distribution's ``arg_constraints`` (finite values
 besides) and :meth:`~Beta.cdf` checks the points against its ``support``, raising a ``ValueError`` that names
-the argument, the expected range and the value received. These checks read tensor values and therefore
-synchronise with an accelerator. Under :func:`torch.compile` they become asynchronous device assertions
-(:func:`torch._assert_async`, a ``RuntimeError`` when they fail, with no graph break); shape, dtype and device
-checks stay as they are. Without validation the CDF of the bounded priors is still the mathematical one
-outside the open support: 0 at and below the lower end, 1 at and above the upper end, with zero gradient
-there; NaN points give NaN.
+the argument, the expected range and the value received. That message needs the values on the host, so it
+is given for CPU tensors in eager mode (one min/max reduction when the check passes). For tensors on an
+accelerator (CUDA, say) and under :func:`torch.compile` the checks are asynchronous device assertions
+(:func:`torch._assert_async`: no host synchronisation, no graph break; a failure is reported at the next
+synchronisation, a ``RuntimeError`` with the same message minus the value received, on CUDA a device-side
+assertion after which the process must restart); shape, dtype and device checks stay as they are. Without
+validation the CDF of the bounded priors is still the mathematical one outside the open support: 0 at and below
+the lower end, 1 at and above the upper end, with zero gradient there; NaN points give NaN.
 """
 
 from __future__ import annotations
@@ -255,14 +259,16 @@ def _describe(value: Tensor, bad: Tensor) -> str:
 
 
 def _check_range(owner: str, name: str, value: Tensor, ok: Tensor, expected: str) -> None:
-    """Raise a ``ValueError`` naming ``name`` unless ``ok`` holds everywhere (reads values: synchronises).
+    """Raise a ``ValueError`` naming ``name`` unless ``ok`` holds everywhere (reads CPU values).
 
-    Under :func:`torch.compile` the check is an asynchronous device assertion instead (a ``RuntimeError`` with
-    the same message, minus the value received). A tensor on the ``meta`` device has no values and passes.
+    Under :func:`torch.compile` and for tensors on an accelerator the check is an asynchronous device assertion
+    instead (no host synchronisation; a ``RuntimeError`` with the same message, minus the value received). A
+    tensor on the ``meta`` device has no values and passes.
     """
     if ok.device.type == "meta":
         return
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or ok.device.type != "cpu":
+        # No host read under torch.compile or on an accelerator: an asynchronous device assertion.
         torch._assert_async(ok.all(), f"{owner}: {name} must be {expected}")
         return
     bad = ~ok
@@ -282,10 +288,21 @@ class _OpenInterval(constraints.Constraint):
 
 
 _OPEN_UNIT = _OpenInterval(0.0, 1.0)
+# Constraints that are open intervals (with the finite check: (lower_bound, upper_bound), infinite where unbounded).
+_OPEN_CONSTRAINTS = (_OpenInterval, type(constraints.positive), type(constraints.real))
 
 
 def _check_constraint(owner: str, name: str, value: Tensor, constraint: Any, expected: str) -> None:
-    """:func:`_check_range` with a :mod:`torch.distributions.constraints` constraint, also requiring finite values."""
+    """:func:`_check_range` with a :mod:`torch.distributions.constraints` constraint, also requiring finite values.
+
+    The constraints used here (``real``, ``positive``, open intervals) are open intervals: on the CPU, eagerly,
+    one min/max reduction decides that they hold, and the message is only built when they do not.
+    """
+    if value.device.type == "cpu" and not torch.compiler.is_compiling() and isinstance(constraint, _OPEN_CONSTRAINTS):
+        lo = float(getattr(constraint, "lower_bound", -math.inf))
+        hi = float(getattr(constraint, "upper_bound", math.inf))
+        if _within(value, lo, hi, closed=False):
+            return
     _check_range(owner, name, value, constraint.check(value) & torch.isfinite(value), expected)
 
 
@@ -297,14 +314,28 @@ def _within(x: Tensor, lo: float, hi: float, closed: bool = True) -> bool:
     """
     if x.device.type == "meta" or x.numel() == 0:
         return True
-    lowest, highest = torch.aminmax(x.detach().reshape(-1))
-    ok = (lowest >= lo) & (highest <= hi) if closed else (lowest > lo) & (highest < hi)
-    return bool(ok)
+    with torch.no_grad():
+        lowest, highest = torch.aminmax(x)  # NaN if x holds one
+    low, high = lowest.item(), highest.item()  # comparisons with NaN are false
+    return (lo <= low and high <= hi) if closed else (lo < low and high < hi)
+
+
+def _both_positive(a: Tensor, b: Tensor) -> bool:
+    """Whether two 1-D CPU parameters of one dtype are all positive and finite, by one reduction (eagerly).
+
+    False when that cannot be decided so cheaply (other shapes, devices or dtypes, or under compile): the
+    caller then checks each parameter with its own message.
+    """
+    if torch.compiler.is_compiling() or a.device.type != "cpu" or b.device.type != "cpu":
+        return False
+    if a.dim() != 1 or b.dim() != 1 or a.dtype != b.dtype:
+        return False
+    return _within(torch.cat((a, b)), 0.0, math.inf, closed=False)
 
 
 def _check_points(owner: str, name: str, x: Tensor, lo: float, hi: float) -> None:
     """``lo <= x <= hi`` everywhere (NaN fails): one reduction when it holds, the full message when it does not."""
-    if torch.compiler.is_compiling() or not _within(x, lo, hi):
+    if torch.compiler.is_compiling() or x.device.type != "cpu" or not _within(x, lo, hi):
         _check_range(owner, name, x, (x >= lo) & (x <= hi), f"inside the support [{lo:g}, {hi:g}] (and not NaN)")
 
 
@@ -454,27 +485,44 @@ class Beta(_PriorMixin, td.Beta):
     """
 
     _names = ("a", "b")
+    _torch_ab: tuple[Tensor | float, Tensor | float] = (1.0, 1.0)
+    _lazy_dirichlet: td.Dirichlet | None = None
 
     def __init__(self, a: Tensor | float, b: Tensor | float, validate_args: bool | None = True) -> None:
         owner = type(self).__name__
         validate = _resolve_validate(owner, validate_args)
         params = _parameters(owner, a=a, b=b)
-        if validate:
+        if validate and not _both_positive(params["a"], params["b"]):
             for name, p in params.items():
                 _check_constraint(owner, name, p, constraints.positive, "> 0 and finite")
         self._setup(params["a"], params["b"], _for_torch(a, params["a"]), _for_torch(b, params["b"]), validate)
 
     def _setup(self, a: Tensor, b: Tensor, torch_a: Tensor | float, torch_b: Tensor | float, validate: bool) -> None:
-        # torch's Beta.__init__, with the validation left to the checks above (see _unvalidated).
-        if isinstance(torch_a, Tensor) or isinstance(torch_b, Tensor):
-            stacked = torch.stack(list(broadcast_all(torch_a, torch_b)), -1)
-        else:
-            stacked = torch.tensor([torch_a, torch_b])
-        self._dirichlet = _unvalidated(td.Dirichlet, stacked)
+        # torch's Beta.__init__, with the validation left to the checks above (see _unvalidated). torch's Dirichlet
+        # (its parameters stacked) is built on first use only (sampling, say): the CDF and the losses never need
+        # it, and a learned prior is built on every training step.
+        self._torch_ab = (torch_a, torch_b)
+        self._lazy_dirichlet = None
         self._validate_args = False
-        td.ExponentialFamily.__init__(self, self._dirichlet.batch_shape)
+        td.ExponentialFamily.__init__(self, broadcast_shapes(a.shape, b.shape))
         self._validate_args = validate
         self._exact = (a, b)
+
+    @property
+    def _dirichlet(self) -> td.Dirichlet:
+        """torch's Dirichlet over ``(a, b)``, through which torch's Beta computes (built on first use)."""
+        if self._lazy_dirichlet is None:
+            torch_a, torch_b = self._torch_ab
+            if isinstance(torch_a, Tensor) or isinstance(torch_b, Tensor):
+                stacked = torch.stack(list(broadcast_all(torch_a, torch_b)), -1)
+            else:
+                stacked = torch.tensor([torch_a, torch_b])
+            self._lazy_dirichlet = _unvalidated(td.Dirichlet, stacked)
+        return self._lazy_dirichlet
+
+    @_dirichlet.setter
+    def _dirichlet(self, value: td.Dirichlet) -> None:
+        self._lazy_dirichlet = value
 
     def expand(self, batch_shape: Any, _instance: Any = None) -> Beta:
         """torch's ``expand``; the expanded prior computes with torch's (expanded) parameters."""
@@ -495,6 +543,18 @@ class Beta(_PriorMixin, td.Beta):
     def b(self) -> Tensor:
         """The second shape parameter (torch's ``concentration0``) as given."""
         return self._params()[1]
+
+    def betainc_parameters(self) -> tuple[Tensor, Tensor] | None:
+        r"""``(a, b)`` as :meth:`cdf` computes with them: the capability that selects the losses' fused Beta path.
+
+        The losses then sort, call the ``betainc`` backend once for :math:`I_x(a, b)` and its three partial
+        derivatives, and form the loss and its gradients in one autograd node (the same numbers as :meth:`cdf`).
+        ``None`` when a subclass redefines :meth:`cdf`: the losses then call that ``cdf``.
+        """
+        if type(self).cdf is not Beta.cdf:
+            return None
+        a, b = self._params()
+        return a, b
 
     def cdf(self, value: Tensor | float) -> Tensor:
         r"""The CDF :math:`I_x(a, b)`, differentiable with respect to ``value``, :math:`a` and :math:`b`.

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from gbs_loss import _sorting, batch_shaping_loss, betainc, hyperprior_loss
 from gbs_loss import functional as F
 from gbs_loss._shapes import broadcast_shapes
-from gbs_loss.priors import Beta, Normal, RelaxedBernoulli, _within
+from gbs_loss.priors import Beta, Normal, RelaxedBernoulli, SymmetricBeta, _within
 from gbs_loss.special import backends
 from gbs_loss.special.backends import torch_ops
 
@@ -223,11 +223,17 @@ class TestSort:
 # The fused loss node against the general path.
 # --------------------------------------------------------------------------------------------------------
 class _GeneralRelaxedBernoulli(RelaxedBernoulli):
-    """Same distribution; a subclass, so the loss takes the general (unfused) path."""
+    """Same distribution without the fused-path capability, so the loss takes the general (unfused) path."""
+
+    def closed_form_cdf(self):
+        return None
 
 
 class _GeneralNormal(Normal):
-    """Same distribution; a subclass, so the loss takes the general (unfused) path."""
+    """Same distribution without the fused-path capability, so the loss takes the general (unfused) path."""
+
+    def closed_form_cdf(self):
+        return None
 
 
 def _priors(kind: str, positions: tuple[int, ...], dtype: torch.dtype, seed: int):
@@ -254,7 +260,8 @@ class TestFused:
         params, fused, general = _priors(kind, (5,), F64, 0)
         x = torch.rand(32, 5, dtype=F64, requires_grad=True)
         assert type(batch_shaping_loss(x, fused).grad_fn).__name__ == "_FusedShapingBackward"
-        assert type(batch_shaping_loss(x, general).grad_fn).__name__ != "_FusedShapingBackward"
+        general_fn = type(batch_shaping_loss(x, general).grad_fn).__name__
+        assert general_fn not in ("_FusedShapingBackward", "_FusedBetaBackward")
         assert type(batch_shaping_loss(x, fused, ties=True).grad_fn).__name__ != "_FusedShapingBackward"
 
     @pytest.mark.parametrize("kind", ["relaxed_bernoulli", "normal"])
@@ -357,3 +364,223 @@ class TestHelpers:
         assert _within(torch.empty(3, device="meta"), 0.0, 1.0)
         x = torch.full((4,), 0.5, requires_grad=True)
         assert _within(x, 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The fused Beta node (one betainc backend call inside the loss's node) against the general path.
+# --------------------------------------------------------------------------------------------------------
+class _GeneralBeta(Beta):
+    """Same distribution; its own cdf (the capability is withdrawn), so the loss takes the general path."""
+
+    def cdf(self, value):
+        return super().cdf(value)
+
+
+class _GeneralSymmetricBeta(SymmetricBeta):
+    def cdf(self, value):
+        return super().cdf(value)
+
+
+_BETA_TOL = {torch.float64: {"rtol": 1e-12, "atol": 1e-15}, torch.float32: {"rtol": 2e-5, "atol": 1e-7}}
+
+
+def _beta_params(layout: str, positions: tuple[int, ...], dtype: torch.dtype, seed: int):
+    """``(leaves, a, b)``: the learnable tensors and the two parameters in one of several layouts."""
+    g = torch.Generator().manual_seed(seed)
+
+    def draw(shape):
+        return (torch.exp(torch.rand(shape, dtype=F64, generator=g) * 4 - 2)).to(dtype).requires_grad_()
+
+    if layout == "per_position":
+        a, b = draw(positions), draw(positions)
+        return [a, b], a, b
+    if layout == "numbers":
+        return [], 0.6, 2.5
+    if layout == "scalar_tensors":
+        a, b = draw(()), draw(())
+        return [a, b], a, b
+    if layout == "trailing":  # shared by the leading positions: m < D
+        a, b = draw(positions[-1:]), draw((1,) * (len(positions) - 1) + positions[-1:])
+        return [a, b], a, b
+    if layout == "leading":  # size 1 on the trailing position: expanded to the positions
+        a = draw(positions[:1] + (1,) * (len(positions) - 1))
+        return [a], a, 1.7
+    raise AssertionError(layout)
+
+
+def _beta_grads(loss: Tensor, inputs: list[Tensor]) -> tuple[Tensor, ...]:
+    weight = torch.randn(loss.shape, generator=torch.Generator().manual_seed(9), dtype=F64).to(loss.dtype)
+    return torch.autograd.grad(loss, inputs, weight)
+
+
+def _compare_beta(x, prior, general, inputs, tol, **kwargs):
+    got = batch_shaping_loss(x, prior, **kwargs)
+    ref = batch_shaping_loss(x, general, **kwargs)
+    assert type(got.grad_fn).__name__ == "_FusedBetaBackward"
+    assert type(ref.grad_fn).__name__ != "_FusedBetaBackward"
+    assert got.shape == ref.shape and got.dtype == ref.dtype
+    torch.testing.assert_close(got, ref, equal_nan=True, **tol)
+    for g, r in zip(_beta_grads(got, inputs), _beta_grads(ref, inputs), strict=True):
+        assert g.dtype == r.dtype and g.shape == r.shape
+        torch.testing.assert_close(g, r, equal_nan=True, **tol)
+
+
+class TestFusedBeta:
+    def test_fused_node_is_used(self):
+        a = torch.tensor([2.0, 3.0, 0.5], requires_grad=True)
+        x = torch.rand(40, 3)
+        assert type(batch_shaping_loss(x, Beta(a, 0.4)).grad_fn).__name__ == "_FusedBetaBackward"
+        sym = SymmetricBeta(torch.tensor([0.3, 0.6, 0.5], requires_grad=True))
+        assert type(batch_shaping_loss(x, sym).grad_fn).__name__ == "_FusedBetaBackward"
+        assert type(batch_shaping_loss(x, _GeneralBeta(a, 0.4)).grad_fn).__name__ != "_FusedBetaBackward"
+        assert type(batch_shaping_loss(x, Beta(a, 0.4), ties=True).grad_fn).__name__ != "_FusedBetaBackward"
+        assert _GeneralBeta(a, 0.4).betainc_parameters() is None
+        plain = torch.distributions.Beta(a, torch.tensor(0.4))  # torch's own Beta: replaced by ours, fused
+        assert type(batch_shaping_loss(x, plain).grad_fn).__name__ == "_FusedBetaBackward"
+
+    def test_one_backend_call(self, monkeypatch):
+        calls = count_calls(monkeypatch, backends, "get")
+        a = torch.tensor([2.0, 3.0], requires_grad=True)
+        batch_shaping_loss(torch.rand(500, 2, requires_grad=True), Beta(a, 0.4)).backward()
+        assert calls[0] == (0 if backends.resolve(torch.device("cpu")) == "triton" else 1)
+
+    @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+    @pytest.mark.parametrize("shape,dim", [((64, 7), 0), ((3, 50, 4), 1), ((3, 4, 60), -1), ((5000, 3), 0)])
+    def test_equals_general_path(self, reduction, dtype, shape, dim):
+        positions = tuple(s for i, s in enumerate(shape) if i != dim % len(shape))
+        leaves, a, b = _beta_params("per_position", positions, dtype, 1)
+        x = torch.rand(shape, dtype=dtype, generator=torch.Generator().manual_seed(2)).requires_grad_()
+        _compare_beta(x, Beta(a, b), _GeneralBeta(a, b), [x, *leaves], _BETA_TOL[dtype], dim=dim, reduction=reduction)
+
+    @pytest.mark.parametrize("layout", ["numbers", "scalar_tensors", "trailing", "leading"])
+    @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+    def test_parameter_layouts(self, layout, reduction):
+        leaves, a, b = _beta_params(layout, (5, 6), F64, 3)
+        x = torch.rand(40, 5, 6, dtype=F64, generator=torch.Generator().manual_seed(4)).requires_grad_()
+        _compare_beta(x, Beta(a, b), _GeneralBeta(a, b), [x, *leaves], _BETA_TOL[F64], reduction=reduction)
+
+    @pytest.mark.parametrize("x_dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+    @pytest.mark.parametrize("param_dtype", [torch.float32, torch.float64])
+    def test_mixed_dtypes(self, x_dtype, param_dtype):
+        leaves, a, b = _beta_params("per_position", (6,), param_dtype, 5)
+        x = torch.rand(70, 6, generator=torch.Generator().manual_seed(6)).to(x_dtype).requires_grad_()
+        tol = _BETA_TOL[torch.promote_types(torch.promote_types(x_dtype, param_dtype), torch.float32)]
+        _compare_beta(x, Beta(a, b), _GeneralBeta(a, b), [x, *leaves], tol)
+
+    def test_symmetric_beta(self):
+        a = (torch.rand(8, dtype=F64, generator=torch.Generator().manual_seed(7)) * 0.8 + 0.1).requires_grad_()
+        x = torch.rand(50, 8, dtype=F64, requires_grad=True)
+        _compare_beta(x, SymmetricBeta(a), _GeneralSymmetricBeta(a), [x, a], _BETA_TOL[F64])
+
+    def test_whole_tensor_as_one_batch(self):
+        a = torch.tensor(0.7, dtype=F64, requires_grad=True)
+        x = torch.rand(6, 7, 8, dtype=F64, requires_grad=True)
+        _compare_beta(x, Beta(a, 0.4), _GeneralBeta(a, 0.4), [x, a], _BETA_TOL[F64], dim=None)
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+    def test_points_outside_the_support_without_validation(self, dtype):
+        leaves, a, b = _beta_params("per_position", (4,), dtype, 8)
+        x = torch.rand(30, 4, dtype=dtype, generator=torch.Generator().manual_seed(9)) * 1.4 - 0.2
+        x[0, 0], x[3, 1], x[5, 2] = 0.0, 1.0, float("nan")
+        x.requires_grad_()
+        for validate in (True, False):  # the loss's own check (finite values) passes or is off
+            kwargs = {"validate_args": False, "reduction": "none"}
+            prior = Beta(a, b, validate_args=False)
+            general = _GeneralBeta(a, b, validate_args=False)
+            if validate:
+                x_ok = x.detach().nan_to_num(0.5).requires_grad_()
+                _compare_beta(x_ok, prior, general, [x_ok, *leaves], _BETA_TOL[dtype], **kwargs)
+            else:
+                _compare_beta(x, prior, general, [x, *leaves], _BETA_TOL[dtype], **kwargs)
+
+    def test_validation_messages_are_the_general_paths(self):
+        x = torch.rand(30, 4)
+        x[2, 1] = 1.5
+        for prior in (Beta(torch.ones(4), 2.0), _GeneralBeta(torch.ones(4), 2.0)):
+            with pytest.raises(ValueError, match=r"Beta\.cdf: x must be inside the support \[0, 1\]"):
+                batch_shaping_loss(x, prior)
+        with pytest.raises(ValueError, match="must be finite"):
+            batch_shaping_loss(torch.full((5, 2), float("nan")), Beta(torch.ones(2), 2.0))
+
+    @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+    def test_gradcheck(self, reduction):
+        g = torch.Generator().manual_seed(10)
+        x = (torch.rand(9, 3, dtype=F64, generator=g) * 0.9 + 0.05).requires_grad_()
+        a = (torch.rand(3, dtype=F64, generator=g) * 3 + 0.3).requires_grad_()
+        b = (torch.rand(3, dtype=F64, generator=g) * 3 + 0.3).requires_grad_()
+        assert torch.autograd.gradcheck(lambda x, a, b: batch_shaping_loss(x, Beta(a, b), reduction=reduction),
+                                        (x, a, b))  # fmt: skip
+
+    def test_forward_without_gradients(self):
+        a = torch.tensor([2.0, 3.0], dtype=F64)
+        x = torch.rand(40, 2, dtype=F64)
+        got = batch_shaping_loss(x, Beta(a, 0.4))
+        assert got.grad_fn is None
+        torch.testing.assert_close(got, batch_shaping_loss(x, _GeneralBeta(a, 0.4)), rtol=1e-13, atol=0)
+
+    def test_beta_hyperprior_equals_general_path(self):
+        means = torch.rand(49, dtype=F64, generator=torch.Generator().manual_seed(11)).requires_grad_()
+        hyper_a = torch.tensor(3.0, dtype=F64, requires_grad=True)
+        got = hyperprior_loss(means, Beta(hyper_a, 7.0))
+        ref = hyperprior_loss(means, _GeneralBeta(hyper_a, 7.0))
+        assert type(got.grad_fn).__name__ == "_FusedBetaBackward"
+        torch.testing.assert_close(got, ref, rtol=1e-13, atol=1e-15)
+        for g, r in zip(torch.autograd.grad(got, [means, hyper_a]), torch.autograd.grad(ref, [means, hyper_a]),
+                        strict=True):  # fmt: skip
+            torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-15)
+
+    def test_torch_backend_equals_default(self):
+        leaves, a, b = _beta_params("per_position", (5,), F64, 12)
+        x = torch.rand(64, 5, dtype=F64, requires_grad=True)
+        got = batch_shaping_loss(x, Beta(a, b))
+        with backends.use("torch"):
+            ref = batch_shaping_loss(x, Beta(a, b))
+            ref_grads = torch.autograd.grad(ref, [x, *leaves])
+        torch.testing.assert_close(got, ref, rtol=1e-13, atol=0)
+        for g, r in zip(torch.autograd.grad(got, [x, *leaves]), ref_grads, strict=True):
+            torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-15)
+
+    @pytest.mark.parametrize("reduction", ["mean", "none"])
+    def test_compile_fullgraph_equals_eager(self, reduction):
+        leaves, a, b = _beta_params("per_position", (5,), torch.float32, 13)
+        x = torch.rand(64, 5, requires_grad=True)
+
+        def step(x, a, b):
+            return batch_shaping_loss(x, Beta(a, b), reduction=reduction)
+
+        torch._dynamo.reset()
+        compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+        got, ref = compiled(x, a, b), step(x, a, b)
+        torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-7)
+        for g, r in zip(_beta_grads(got, [x, a, b]), _beta_grads(ref, [x, a, b]), strict=True):
+            torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-7)
+
+
+def _leaf_operators(fn) -> list[str]:
+    """The leaf aten operators (no aten operator inside) of one call of ``fn``, as ``torch.profiler`` sees them."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return [
+        e.name
+        for e in prof.events()
+        if e.name.startswith("aten::") and not any(c.name.startswith("aten::") for c in e.cpu_children)
+    ]
+
+
+@pytest.mark.skipif(not HAS_NATIVE, reason="native backend unavailable")
+def test_operator_count_gbas_beta_priors_native():
+    """GBaS with per-position Beta priors (256 x 196) on CPU, native backend, forward + backward: at most 80 leaf
+    operators (measured 75, of which the packed-key sort is about 19; 151 before the fused Beta node)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(256, 196, generator=gen).clamp(0.01, 0.99).requires_grad_()
+    a = (0.5 + torch.rand(196, generator=gen)).requires_grad_()
+    b = (0.5 + torch.rand(196, generator=gen)).requires_grad_()
+
+    def step():
+        batch_shaping_loss(x, Beta(a, b), validate_args=False).backward()
+
+    with backends.use("native"):
+        step()
+        names = _leaf_operators(step)
+    assert len(names) <= 80, f"{len(names)} leaf aten operators: {sorted(names)}"
