@@ -10,11 +10,19 @@ __all__ = ["broadcast_shapes"]
 
 
 def broadcast_shapes(*shapes: Sequence[int]) -> torch.Size:
-    """The broadcast shape of ``shapes``, as :func:`torch.broadcast_shapes` (which raises ``RuntimeError``).
+    """The broadcast shape of ``shapes``, as `torch.broadcast_shapes` (which raises ``RuntimeError``).
 
-    A plain-Python version: :func:`torch.broadcast_shapes` goes through the reference implementation in
+    A plain-Python version: `torch.broadcast_shapes` goes through the reference implementation in
     ``torch._refs`` and costs tens of microseconds per call, which adds up when a loss checks shapes a few
     times per step.
+
+    Example:
+        >>> broadcast_shapes((3, 1), (4,), ())
+        torch.Size([3, 4])
+        >>> broadcast_shapes((2,), (3,))
+        Traceback (most recent call last):
+            ...
+        RuntimeError: Shape mismatch: objects cannot be broadcast to a single shape, got [(2,), (3,)]
     """
     ndim = 0
     for shape in shapes:

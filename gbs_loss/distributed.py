@@ -1,21 +1,21 @@
 r"""Gathering a batch split over data-parallel processes, with gradients flowing back to each slice.
 
-With data-parallel training (:class:`torch.nn.parallel.DistributedDataParallel`, DDP) every process sees a
+With data-parallel training (`torch.nn.parallel.DistributedDataParallel`, DDP) every process sees a
 slice of the batch. A batch-level loss such as Batch-Shaping depends on the empirical CDF of the *whole*
-batch, which no single slice has: :func:`gather_batch` concatenates the slices of all processes along the
+batch, which no single slice has: `gather_batch` concatenates the slices of all processes along the
 batch dimension, and its backward hands every process the gradient of its own slice.
 
-Gradient scaling
-----------------
-After the gather every process holds the same batch and computes the same loss :math:`L`. DDP averages the
-parameter gradients over the :math:`W` processes, that is, it trains on the mean of the per-process
-objectives. The backward of :func:`gather_batch` is the exact adjoint of the gather: the gradient reaching
-process :math:`r`'s slice is the *sum* over processes of the gradients of their losses with respect to that
-slice (a reduce-scatter). Since all processes compute the same :math:`L`, that is :math:`W\,\partial L /
-\partial x_r`, and DDP's division by :math:`W` turns the parameter gradients of the model that produced
-:math:`x_r` into exactly those of one process training on the whole batch. Parameters that enter the loss
-directly (the learned priors of :class:`~gbs_loss.GeneralizedBatchShaping`) receive :math:`\partial L /
-\partial \phi` on every process, which DDP's averaging leaves unchanged. Both are therefore the gradients
+## Gradient scaling
+
+After the gather every process holds the same batch and computes the same loss $L$. DDP averages the
+parameter gradients over the $W$ processes, that is, it trains on the mean of the per-process
+objectives. The backward of `gather_batch` is the exact adjoint of the gather: the gradient reaching
+process $r$'s slice is the *sum* over processes of the gradients of their losses with respect to that
+slice (a reduce-scatter). Since all processes compute the same $L$, that is
+$W\,\partial L / \partial x_r$, and DDP's division by $W$ turns the parameter gradients of the model that produced
+$x_r$ into exactly those of one process training on the whole batch. Parameters that enter the loss
+directly (the learned priors of `GeneralizedBatchShaping`) receive
+$\partial L / \partial \phi$ on every process, which DDP's averaging leaves unchanged. Both are therefore the gradients
 of a single process on the concatenated batch.
 """
 
@@ -40,7 +40,7 @@ _reduce_scatter_single: Any = getattr(dist, "reduce_scatter_single", None) or ge
 
 
 def _check_group(process_group: Any) -> None:
-    """The group must be None (the default group) or a :class:`torch.distributed.ProcessGroup`."""
+    """The group must be None (the default group) or a `torch.distributed.ProcessGroup`."""
     if not dist.is_available():
         raise RuntimeError("distributed=True needs torch.distributed, which this build of PyTorch does not have")
     if process_group is not None and not isinstance(process_group, dist.ProcessGroup):
@@ -137,10 +137,10 @@ def gather_batch(
 ) -> Tensor:
     r"""Concatenate the batches of all processes along ``dim``; gradients flow back to each process's slice.
 
-    Process :math:`r` contributes :math:`x_r` with :math:`n_r` samples along ``dim``; every process receives
-    :math:`\operatorname{cat}(x_0, \dots, x_{W-1})` in rank order. The backward is the adjoint of the gather:
-    process :math:`r` receives the sum over all processes of the gradients with respect to its slice (a
-    reduce-scatter). When every process computes the same loss from the gathered batch, this is :math:`W`
+    Process $r$ contributes $x_r$ with $n_r$ samples along ``dim``; every process receives
+    $\operatorname{cat}(x_0, \dots, x_{W-1})$ in rank order. The backward is the adjoint of the gather:
+    process $r$ receives the sum over all processes of the gradients with respect to its slice (a
+    reduce-scatter). When every process computes the same loss from the gathered batch, this is $W$
     times the single-process gradient, which DDP's gradient averaging divides back (see the module
     docstring).
 
@@ -170,8 +170,8 @@ def gather_batch(
         ValueError: ``dim`` out of range, or the processes disagree on dtype or positions.
 
     Shape:
-        - ``x``: :math:`(*, n_r, *)` with the batch along ``dim``.
-        - Output: :math:`(*, \sum_r n_r, *)`.
+        - ``x``: $(*, n_r, *)$ with the batch along ``dim``.
+        - Output: $(*, \sum_r n_r, *)$.
 
     Example:
         >>> import torch

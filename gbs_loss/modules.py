@@ -1,9 +1,9 @@
 r"""Module forms of the Batch-Shaping losses.
 
-* :class:`BatchShaping` -- a fixed prior; a thin wrapper of :func:`gbs_loss.functional.batch_shaping_loss`
+* `BatchShaping` -- a fixed prior; a thin wrapper of `gbs_loss.functional.batch_shaping_loss`
   (Bejnordi, Blankevoort, Welling, "Batch-Shaping for Learning Conditional Channel Gated Networks",
   ICLR 2020).
-* :class:`GeneralizedBatchShaping` -- one learnable prior per position, a hyperprior on the learned means and
+* `GeneralizedBatchShaping` -- one learnable prior per position, a hyperprior on the learned means and
   an L1 term on the temperatures (Havtorn, Royer, Blankevoort, Ehteshami Bejnordi, "MSViT: Dynamic
   Mixed-Scale Tokenization for Vision Transformers", ICCV Workshops 2023, arXiv 2307.02321).
 """
@@ -36,19 +36,19 @@ from gbs_loss.priors import RELAXED_BERNOULLI_CDF, Beta, ClosedFormCdf, Prior, R
 
 __all__ = ["BatchShaping", "GeneralizedBatchShaping"]
 
-#: The families of learned priors of :class:`GeneralizedBatchShaping`.
+#: The families of learned priors of `GeneralizedBatchShaping`.
 PriorFamily: TypeAlias = Literal["relaxed_bernoulli", "beta"]
 _FAMILIES = ("relaxed_bernoulli", "beta")
 
 
 class BatchShaping(nn.Module):
     r"""Batch-Shaping loss with a fixed prior, the module form of
-    :func:`~gbs_loss.functional.batch_shaping_loss`.
+    `batch_shaping_loss`.
 
-    .. math::
-
-        L = \frac{1}{D} \sum_{k=1}^{D} \frac{1}{N} \sum_{i=1}^{N}
-            \Big( \frac{i}{N + 1} - F_k\big(x_{(i),k}\big) \Big)^2
+    $$
+    L = \frac{1}{D} \sum_{k=1}^{D} \frac{1}{N} \sum_{i=1}^{N}
+        \Big( \frac{i}{N + 1} - F_k\big(x_{(i),k}\big) \Big)^2
+    $$
 
     (Bejnordi, Blankevoort, Welling, ICLR 2020). See the function for the conventions.
 
@@ -62,12 +62,12 @@ class BatchShaping(nn.Module):
         validate_args: Check that the input is finite (synchronises with an accelerator).
         distributed: Gather the batches of all data-parallel processes before computing the loss, so that
             the loss and the gradients are those of the whole batch (see
-            :func:`~gbs_loss.functional.batch_shaping_loss`).
+            `batch_shaping_loss`).
         process_group: The process group to gather over with ``distributed=True``; ``None`` for the default.
 
     Shape:
-        - Input: :math:`(N, *)` for ``dim=0``.
-        - Output: :math:`()`, or :math:`(*)` for ``reduction="none"``.
+        - Input: $(N, *)$ for ``dim=0``.
+        - Output: $()$, or $(*)$ for ``reduction="none"``.
 
     Example:
         >>> import torch
@@ -184,18 +184,18 @@ def _check_positions(positions: object) -> tuple[int, ...]:
 class GeneralizedBatchShaping(nn.Module):
     r"""Generalized Batch-Shaping: one learned prior per position, shaped in turn by a hyperprior.
 
-    For samples :math:`x` of shape :math:`(N, *\text{positions})` (``dim=0``) with :math:`D` positions,
-    learned per-position priors :math:`F_k(\,\cdot\,; \phi_k)` and a hyperprior CDF :math:`G`,
+    For samples $x$ of shape $(N, *\text{positions})$ (``dim=0``) with $D$ positions,
+    learned per-position priors $F_k(\,\cdot\,; \phi_k)$ and a hyperprior CDF $G$,
 
-    .. math::
+    $$
+    L = w_p \underbrace{\frac{1}{D} \sum_{k=1}^{D} \frac{1}{N} \sum_{i=1}^{N}
+        \Big( \frac{i}{N+1} - F_k(x_{(i),k}; \phi_k) \Big)^2}_{\text{prior}}
+      + w_h \underbrace{\frac{1}{D} \sum_{j=1}^{D}
+        \Big( \frac{j}{D+1} - G(m_{(j)}) \Big)^2}_{\text{hyperprior}}
+      + w_t \underbrace{\frac{1}{D} \sum_{k=1}^{D} \lambda_k}_{\text{temperature}}
+    $$
 
-        L = w_p \underbrace{\frac{1}{D} \sum_{k=1}^{D} \frac{1}{N} \sum_{i=1}^{N}
-            \Big( \frac{i}{N+1} - F_k(x_{(i),k}; \phi_k) \Big)^2}_{\text{prior}}
-          + w_h \underbrace{\frac{1}{D} \sum_{j=1}^{D}
-            \Big( \frac{j}{D+1} - G(m_{(j)}) \Big)^2}_{\text{hyperprior}}
-          + w_t \underbrace{\frac{1}{D} \sum_{k=1}^{D} \lambda_k}_{\text{temperature}}
-
-    where :math:`m_{(1)} \le \dots \le m_{(D)}` are the learned prior means sorted and :math:`\lambda_k > 0`
+    where $m_{(1)} \le \dots \le m_{(D)}$ are the learned prior means sorted and $\lambda_k > 0$
     the temperatures (an L1 term: a small weight favours peaky, nearly binary priors and so binary gates).
     This is the loss of MSViT's gate (Havtorn, Royer, Blankevoort, Ehteshami Bejnordi, ICCV Workshops 2023,
     arXiv 2307.02321): each position of the gate grid may learn its own rate of fine tokens, while the
@@ -205,18 +205,18 @@ class GeneralizedBatchShaping(nn.Module):
 
     Priors (``prior``):
 
-    * ``"relaxed_bernoulli"``: :class:`~gbs_loss.priors.RelaxedBernoulli` with mean
-      :math:`m_k = \sigma(u_k)` and temperature :math:`\lambda_k = \operatorname{softplus}(r_k)`, parameters
-      ``mean_logits`` :math:`u` and ``raw_temperatures`` :math:`r`.
-    * ``"beta"``: :class:`~gbs_loss.priors.Beta` with mean :math:`m_k = \sigma(u_k)` and concentration
-      :math:`c_k = a_k + b_k = \operatorname{softplus}(r_k)` (so :math:`a_k = m_k c_k`,
-      :math:`b_k = (1 - m_k) c_k`), parameters ``mean_logits`` and ``raw_concentrations``; the temperature
+    * ``"relaxed_bernoulli"``: `RelaxedBernoulli` with mean
+      $m_k = \sigma(u_k)$ and temperature $\lambda_k = \operatorname{softplus}(r_k)$, parameters
+      ``mean_logits`` $u$ and ``raw_temperatures`` $r$.
+    * ``"beta"``: `Beta` with mean $m_k = \sigma(u_k)$ and concentration
+      $c_k = a_k + b_k = \operatorname{softplus}(r_k)$ (so $a_k = m_k c_k$,
+      $b_k = (1 - m_k) c_k$), parameters ``mean_logits`` and ``raw_concentrations``; the temperature
       term then applies to the concentrations (a small concentration, too, puts the mass near 0 and 1).
 
     The parametrisation has no constraints, so any optimiser can train it. The defaults start every prior
     as the uniform distribution (mean 1/2, temperature 1 or concentration 2), which commits to nothing.
 
-    After each forward, :attr:`components` holds the detached terms ``"prior"``, ``"hyperprior"``,
+    After each forward, `components` holds the detached terms ``"prior"``, ``"hyperprior"``,
     ``"temperature"`` (unweighted) and ``"total"`` for logging, without synchronising with an accelerator.
 
     Args:
@@ -227,10 +227,10 @@ class GeneralizedBatchShaping(nn.Module):
             ``gbs_loss.priors.Beta(3.0, 7.0)``; ``None`` for no hyperprior term. Stored as given.
         init_mean: Initial means in ``(0, 1)``, a number or a tensor broadcasting to ``positions``.
         init_temperature: Initial temperatures ``> 0`` (Relaxed Bernoulli only); ``None`` for 1.
-        init_concentration: Initial concentrations :math:`a + b > 0` (Beta only); ``None`` for 2.
-        prior_weight: :math:`w_p \ge 0`.
-        hyperprior_weight: :math:`w_h \ge 0`.
-        temperature_weight: :math:`w_t \ge 0`; 0 (the default) leaves the temperatures free.
+        init_concentration: Initial concentrations $a + b > 0$ (Beta only); ``None`` for 2.
+        prior_weight: $w_p \ge 0$.
+        hyperprior_weight: $w_h \ge 0$.
+        temperature_weight: $w_t \ge 0$; 0 (the default) leaves the temperatures free.
         dim: The batch dimension of the input.
         ties: Give tied samples the largest rank of their group (in both terms).
         validate_args: Check that the input lies in ``[0, 1]``, the support of the learned priors (reads values:
@@ -238,16 +238,16 @@ class GeneralizedBatchShaping(nn.Module):
             ``validate_args``.
         distributed: Gather the batches of all data-parallel processes for the prior term, so that the loss
             and every gradient are those of one process on the whole batch (see
-            :func:`~gbs_loss.functional.batch_shaping_loss`). The module must then live inside the
-            :class:`~torch.nn.parallel.DistributedDataParallel`-wrapped model, so that its learned priors
+            `batch_shaping_loss`). The module must then live inside the
+            `DistributedDataParallel`-wrapped model, so that its learned priors
             start equal on every process and DDP averages their gradients; the hyperprior and temperature
             terms act on those replicated parameters and need no gather.
         process_group: The process group to gather over with ``distributed=True``; ``None`` for the default.
 
     Shape:
-        - Input: :math:`(N, *\text{positions})` for ``dim=0``; in general the batch along ``dim`` and the
+        - Input: $(N, *\text{positions})$ for ``dim=0``; in general the batch along ``dim`` and the
           remaining dimensions broadcasting from ``positions``.
-        - Output: :math:`()`.
+        - Output: $()$.
 
     Example:
         >>> import torch
@@ -336,19 +336,38 @@ class GeneralizedBatchShaping(nn.Module):
     # -- the learned priors ---------------------------------------------------------------------------------
     @property
     def means(self) -> Tensor:
-        r"""The learned prior means :math:`\sigma(u)`, shape ``positions`` (differentiable)."""
+        r"""The learned prior means $\sigma(u)$, shape ``positions`` (differentiable).
+
+        Example:
+            >>> GeneralizedBatchShaping(3, init_mean=0.25).means.detach()
+            tensor([0.2500, 0.2500, 0.2500])
+        """
         return torch.sigmoid(self.mean_logits)
 
     @property
     def temperatures(self) -> Tensor | None:
-        """The learned temperatures, shape ``positions`` (differentiable); ``None`` for the Beta prior."""
+        """The learned temperatures, shape ``positions`` (differentiable); ``None`` for the Beta prior.
+
+        Example:
+            >>> GeneralizedBatchShaping(3, init_temperature=0.5).temperatures.detach()
+            tensor([0.5000, 0.5000, 0.5000])
+            >>> GeneralizedBatchShaping(3, prior="beta").temperatures is None
+            True
+        """
         if self.family != "relaxed_bernoulli":
             return None
         return nn.functional.softplus(self.raw_temperatures)
 
     @property
     def concentrations(self) -> Tensor | None:
-        """The learned concentrations ``a + b``, shape ``positions``; ``None`` for the Relaxed Bernoulli."""
+        """The learned concentrations ``a + b``, shape ``positions``; ``None`` for the Relaxed Bernoulli.
+
+        Example:
+            >>> GeneralizedBatchShaping(3, prior="beta").concentrations.detach()
+            tensor([2., 2., 2.])
+            >>> GeneralizedBatchShaping(3).concentrations is None
+            True
+        """
         if self.family != "beta":
             return None
         return nn.functional.softplus(self.raw_concentrations)
@@ -358,6 +377,12 @@ class GeneralizedBatchShaping(nn.Module):
 
         Its parameters are differentiable functions of the module's parameters; argument validation is off
         (the parametrisation keeps them valid).
+
+        Example:
+            >>> import torch
+            >>> prior = GeneralizedBatchShaping(3, prior="beta").prior()  # uniform at the start
+            >>> type(prior).__name__, prior.cdf(torch.tensor([0.25])).detach()
+            ('Beta', tensor([0.2500, 0.2500, 0.2500]))
         """
         return self._learned()[0]
 
@@ -384,7 +409,7 @@ class GeneralizedBatchShaping(nn.Module):
 
     # -- the loss -------------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
-        """The total loss of the batch ``x``; the terms are left in :attr:`components`."""
+        """The total loss of the batch ``x``; the terms are left in `components`."""
         dim = _check_input(x, self.dim, self.validate_args, check_batch=False)
         assert dim is not None  # self.dim is an int
         found = x.shape[:dim] + x.shape[dim + 1 :]

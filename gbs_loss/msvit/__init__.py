@@ -3,15 +3,15 @@
 Havtorn, Royer, Blankevoort, Ehteshami Bejnordi, "MSViT: Dynamic Mixed-Scale Tokenization for Vision
 Transformers", ICCV Workshops 2023, arXiv 2307.02321.
 
-* :class:`MixedScaleGate` -- one split-or-keep logit per coarse region, soft values for the loss and a hard
+* `MixedScaleGate` -- one split-or-keep logit per coarse region, soft values for the loss and a hard
   straight-through mask;
-* :class:`MixedScaleTokenizer` / :func:`mixed_scale_tokens` -- coarse and fine tokens from a ViT's own patch and
+* `MixedScaleTokenizer` / `mixed_scale_tokens` -- coarse and fine tokens from a ViT's own patch and
   position embeddings, padded, with a padding mask and a map back to the fine grid;
-* :func:`msvit_gate_loss` -- the Generalized Batch-Shaping loss for the gate's soft values;
-* :class:`MixedScaleViT` and :class:`TimmMixedScaleViT` -- end-to-end examples (plain PyTorch; ``timm``);
-  :func:`from_timm` wraps a timm ViT in one line, its gate loss ready.
+* `msvit_gate_loss` -- the Generalized Batch-Shaping loss for the gate's soft values;
+* `MixedScaleViT` and `TimmMixedScaleViT` -- end-to-end examples (plain PyTorch; ``timm``);
+  `from_timm` wraps a timm ViT in one line, its gate loss ready.
 
-``python -m gbs_loss msvit-demo`` trains the gate on scikit-image's photographs (see :mod:`gbs_loss.msvit.demo`).
+``python -m gbs_loss msvit-demo`` trains the gate on scikit-image's photographs (see `gbs_loss.msvit.demo`).
 """
 
 from gbs_loss.msvit.gate import GateOutput, MixedScaleGate

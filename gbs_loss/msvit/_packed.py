@@ -1,6 +1,6 @@
 r"""Variable-length ("packed") execution of Transformer blocks: no compute on padding.
 
-Public entry points (stable signatures; the timm adapter and :class:`~gbs_loss.msvit.MixedScaleViT` call them)::
+Public entry points (stable signatures; the timm adapter and `MixedScaleViT` call them):
 
     run_timm_blocks(blocks, x, lengths, *, checkpoint=False, rope=None, attention="auto") -> Tensor
         # blocks: an iterable of timm ``Block`` modules (vision_transformer.Block: norm1, attn.{qkv, q_norm,
@@ -25,7 +25,7 @@ How it works. The token-wise layers (LayerNorm, the QKV and output projections, 
 of ``B * T`` padded ones. Attention, the only layer that mixes tokens, runs per image without padding:
 
 * ``attention="nested"``: the packed queries, keys and values become jagged nested tensors
-  (:func:`torch.nested.nested_tensor_from_jagged`) for :func:`torch.nn.functional.scaled_dot_product_attention`,
+  (`torch.nested.nested_tensor_from_jagged`) for `torch.nn.functional.scaled_dot_product_attention`,
   which has fused variable-length kernels on CUDA;
 * ``attention="padded"``: the queries, keys and values are scattered into the padded ``(B, H, T, E)`` layout for
   attention alone, with a key-padding mask, and the result is gathered back (the unpad / pad idea of
@@ -37,17 +37,17 @@ of ``B * T`` padded ones. Attention, the only layer that mixes tokens, runs per 
 When every image is full (``lengths=None``, or a layout with ``total == B * T``) nothing is gathered or masked:
 the blocks run on the dense batch.
 
-Synchronisation. :func:`packed_layout` needs the total and maximal lengths on the host: one device
+Synchronisation. `packed_layout` needs the total and maximal lengths on the host: one device
 synchronisation (a single ``.tolist()`` of both) unless they are given. Nothing else synchronises.
 
 Equality. The results equal those of the padded blocks with a key-padding mask up to float32 rounding (the
-tests check it against timm's own forward and :class:`torch.nn.TransformerEncoder`).
+tests check it against timm's own forward and `torch.nn.TransformerEncoder`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Literal, NamedTuple
+from collections.abc import Callable, Iterable, Sequence
+from typing import Literal, NamedTuple, Protocol, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -81,9 +81,17 @@ class PackedLayout(NamedTuple):
         batch: ``B``.
         length: ``T``, the padded length.
         total: ``N``, the number of real tokens.
+
+    Example:
+        >>> import torch
+        >>> layout = packed_layout(torch.tensor([2, 3]))
+        >>> layout.image.tolist(), layout.position.tolist(), layout.offsets.tolist()
+        ([0, 0, 1, 1, 1], [0, 1, 0, 1, 2], [0, 2, 5])
+        >>> layout.dense, packed_layout(torch.tensor([3, 3])).dense
+        (False, True)
     """
 
-    index: Tensor | None
+    index: Tensor | None  # type: ignore[assignment]  # the field shadows tuple.index on purpose (public name)
     lengths: Tensor
     offsets: Tensor
     image: Tensor
@@ -94,7 +102,13 @@ class PackedLayout(NamedTuple):
 
     @property
     def dense(self) -> bool:
-        """``True`` when no image has padding: packing and unpacking are reshapes."""
+        """``True`` when no image has padding: packing and unpacking are reshapes.
+
+        Example:
+            >>> import torch
+            >>> packed_layout(torch.tensor([3, 3])).dense, packed_layout(torch.tensor([3, 2])).dense
+            (True, False)
+        """
         return self.index is None
 
 
@@ -108,7 +122,7 @@ def packed_layout(lengths: Tensor, length: int | None = None, total: int | None 
             count); computed when ``None``.
 
     Returns:
-        A :class:`PackedLayout`. When ``length`` or ``total`` is missing, both are read on the host with a single
+        A `PackedLayout`. When ``length`` or ``total`` is missing, both are read on the host with a single
         synchronisation; with both given nothing synchronises.
 
     Example:
@@ -139,13 +153,41 @@ def packed_layout(lengths: Tensor, length: int | None = None, total: int | None 
 
 
 def pack(x: Tensor, layout: PackedLayout) -> Tensor:
-    """Gather the real tokens of a padded batch: ``(B, T, *F)`` to ``(N, *F)``."""
+    """Gather the real tokens of a padded batch: ``(B, T, *F)`` to ``(N, *F)``.
+
+    Args:
+        x: ``(B, T, *F)`` padded tokens, image ``b``'s real tokens at ``t < lengths[b]``.
+        layout: The batch's `PackedLayout`.
+
+    Returns:
+        ``(N, *F)``, image after image.
+
+    Example:
+        >>> import torch
+        >>> x = torch.arange(6.0).reshape(2, 3, 1)  # image 0 has 2 real tokens, image 1 has 3
+        >>> pack(x, packed_layout(torch.tensor([2, 3]))).flatten().tolist()
+        [0.0, 1.0, 3.0, 4.0, 5.0]
+    """
     flat = x.reshape(layout.batch * layout.length, *x.shape[2:])
     return flat if layout.index is None else flat.index_select(0, layout.index)
 
 
 def unpack(x: Tensor, layout: PackedLayout) -> Tensor:
-    """Scatter packed tokens back to the padded layout: ``(N, *F)`` to ``(B, T, *F)``, zeros at padding."""
+    """Scatter packed tokens back to the padded layout: ``(N, *F)`` to ``(B, T, *F)``, zeros at padding.
+
+    Args:
+        x: ``(N, *F)`` packed tokens.
+        layout: Their `PackedLayout`.
+
+    Returns:
+        ``(B, T, *F)``.
+
+    Example:
+        >>> import torch
+        >>> layout = packed_layout(torch.tensor([2, 3]))
+        >>> unpack(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]), layout).tolist()
+        [[1.0, 2.0, 0.0], [3.0, 4.0, 5.0]]
+    """
     rest = x.shape[1:]
     if layout.index is None:
         return x.reshape(layout.batch, layout.length, *rest)
@@ -173,16 +215,18 @@ def packed_attention(
 ) -> Tensor:
     r"""Scaled dot-product attention of packed tokens, every image attending to its own tokens only.
 
-    .. math:: \mathrm{out}_i = \sum_{j \in \mathrm{img}(i)} \mathrm{softmax}_j(s\, q_i \cdot k_j)\, v_j,
-        \qquad s = E^{-1/2} \text{ unless given}
+    $$
+    \mathrm{out}_i = \sum_{j \in \mathrm{img}(i)} \mathrm{softmax}_j(s\, q_i \cdot k_j)\, v_j,
+    \qquad s = E^{-1/2} \text{ unless given}
+    $$
 
     Args:
         q: ``(N, H, E)`` packed queries.
         k: ``(N, H, E)`` packed keys.
         v: ``(N, H, Ev)`` packed values.
-        layout: The batch's :class:`PackedLayout`.
+        layout: The batch's `PackedLayout`.
         dropout_p: Attention dropout probability (pass 0 in evaluation).
-        scale: The softmax scale :math:`s`; :math:`E^{-1/2}` when ``None``.
+        scale: The softmax scale $s$; $E^{-1/2}$ when ``None``.
         attention: ``"nested"`` (jagged nested tensors), ``"padded"`` (scatter to the padded layout with a
             key-padding mask) or ``"auto"`` (nested on CUDA, padded elsewhere).
 
@@ -223,9 +267,8 @@ def _attend(qkv: Tensor, layout: PackedLayout, dropout_p: float, scale: float | 
     padded = qkv.new_zeros(3, b, h, t, e)
     padded[:, image, :, position, :] = qkv
     keep = torch.arange(t, device=qkv.device).unsqueeze(0) < layout.lengths.unsqueeze(1)
-    out = F.scaled_dot_product_attention(
-        *padded.unbind(0), attn_mask=keep[:, None, None, :], dropout_p=dropout_p, scale=scale
-    )
+    q, k, v = padded.unbind(0)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :], dropout_p=dropout_p, scale=scale)
     return out[image, :, position, :]
 
 
@@ -235,12 +278,13 @@ def _is_identity(module: nn.Module | None) -> bool:
 
 def _tokenwise(module: nn.Module, x: Tensor) -> Tensor:
     """Apply a token-wise timm module to packed ``(N, D)`` tokens (called on ``(1, N, D)``, the shape it expects)."""
-    return module(x.unsqueeze(0)).squeeze(0)
+    out: Tensor = module(x.unsqueeze(0))
+    return out.squeeze(0)
 
 
 def _drop_path(module: nn.Module | None, x: Tensor, layout: PackedLayout) -> Tensor:
     """Stochastic depth per image on packed tokens (timm's ``DropPath`` draws one decision per sample)."""
-    if _is_identity(module):
+    if module is None or isinstance(module, nn.Identity):
         return x
     p = getattr(module, "drop_prob", None)
     if p is None:  # not a per-sample module (e.g. nn.Dropout): token-wise
@@ -254,7 +298,26 @@ def _drop_path(module: nn.Module | None, x: Tensor, layout: PackedLayout) -> Ten
     return x * decision.index_select(0, layout.image).unsqueeze(-1)
 
 
-def _check_timm_block(block: nn.Module, i: int) -> None:
+class _TimmAttention(Protocol):
+    """The attributes of a timm ``Attention`` that are always read (the optional ones through ``getattr``)."""
+
+    qkv: nn.Module
+    proj: nn.Module
+    num_heads: int
+    head_dim: int
+    training: bool
+
+
+class _TimmBlock(Protocol):
+    """The attributes of a timm ``vision_transformer.Block`` that are always read."""
+
+    attn: _TimmAttention
+    norm1: nn.Module
+    norm2: nn.Module
+    mlp: nn.Module
+
+
+def _check_timm_block(block: nn.Module, i: int) -> _TimmBlock:
     attn = getattr(block, "attn", None)
     needed = ("norm1", "attn", "norm2", "mlp")
     missing = [name for name in needed if not isinstance(getattr(block, name, None), nn.Module)]
@@ -267,9 +330,10 @@ def _check_timm_block(block: nn.Module, i: int) -> None:
             f"run_timm_blocks: block {i} must be a timm vision_transformer.Block (norm1, attn with qkv, num_heads, "
             f"head_dim and proj, norm2, mlp), got {type(block).__name__} without {', '.join(missing)}"
         )
+    return cast(_TimmBlock, block)
 
 
-def _timm_block(block: nn.Module, x: Tensor, layout: PackedLayout, attention: str) -> Tensor:
+def _timm_block(block: _TimmBlock, x: Tensor, layout: PackedLayout, attention: str) -> Tensor:
     """One timm ``Block`` on packed tokens ``(N, D)``, through the block's own submodules."""
     attn = block.attn
     n = x.shape[0]
@@ -301,7 +365,17 @@ def _timm_block(block: nn.Module, x: Tensor, layout: PackedLayout, attention: st
     return x + _drop_path(getattr(block, "drop_path2", None), m, layout)
 
 
-def _run(fn, blocks: Sequence[nn.Module], x: Tensor, layout: PackedLayout, attention: str, checkpoint: bool) -> Tensor:
+_Block = TypeVar("_Block")
+
+
+def _run(
+    fn: Callable[[_Block, Tensor, PackedLayout, str], Tensor],
+    blocks: Sequence[_Block],
+    x: Tensor,
+    layout: PackedLayout,
+    attention: str,
+    checkpoint: bool,
+) -> Tensor:
     use_checkpoint = checkpoint and torch.is_grad_enabled()
     for block in blocks:
         if use_checkpoint:
@@ -320,29 +394,34 @@ def run_timm_blocks_packed(
     rope: Tensor | None = None,
     attention: Attention = "auto",
 ) -> Tensor:
-    """Run timm ``Block`` modules on packed tokens (see :func:`run_timm_blocks`).
+    """Run timm ``Block`` modules on packed tokens (see `run_timm_blocks`).
 
     Args:
         blocks: timm ``vision_transformer.Block`` modules, run in order.
         x: ``(N, D)`` packed tokens.
-        layout: Their :class:`PackedLayout`.
-        checkpoint: Recompute every block in the backward pass (:func:`torch.utils.checkpoint.checkpoint`,
+        layout: Their `PackedLayout`.
+        checkpoint: Recompute every block in the backward pass (`torch.utils.checkpoint.checkpoint`,
             non-reentrant) when gradients are enabled.
         rope: Reserved for per-token rotary embeddings; must be ``None`` (timm's ``Block`` has no RoPE).
-        attention: See :func:`packed_attention`.
+        attention: See `packed_attention`.
 
     Returns:
         ``(N, D)``.
+
+    Example:
+        >>> import torch
+        >>> from timm.models.vision_transformer import Block  # doctest: +SKIP
+        >>> blocks = [Block(32, 4).eval()]  # doctest: +SKIP
+        >>> layout = packed_layout(torch.tensor([5, 3]))
+        >>> run_timm_blocks_packed(blocks, torch.randn(8, 32), layout).shape  # doctest: +SKIP
+        torch.Size([8, 32])
     """
     if rope is not None:
         raise NotImplementedError(
             "run_timm_blocks: rope must be None: timm's vision_transformer.Block takes no rotary embedding"
         )
-    blocks = list(blocks)
-    for i, block in enumerate(blocks):
-        _check_timm_block(block, i)
-    attention = _resolve_attention(attention, x.device)
-    return _run(_timm_block, blocks, x, layout, attention, checkpoint)
+    checked = [_check_timm_block(block, i) for i, block in enumerate(blocks)]
+    return _run(_timm_block, checked, x, layout, _resolve_attention(attention, x.device), checkpoint)
 
 
 def run_timm_blocks(
@@ -359,7 +438,7 @@ def run_timm_blocks(
     Calls every block's submodules (``norm1``, ``attn.qkv``, ``attn.q_norm``, ``attn.k_norm``, ``attn.attn_drop``
     (as the attention dropout probability), ``attn.norm``, ``attn.gate``, ``attn.proj``, ``attn.proj_drop``,
     ``ls1``, ``drop_path1``, ``norm2``, ``mlp``, ``ls2``, ``drop_path2``) on the packed tokens and attends per
-    image (:func:`packed_attention`); timm's code is not copied. ``DropPath`` draws one decision per image, as in
+    image (`packed_attention`); timm's code is not copied. ``DropPath`` draws one decision per image, as in
     timm. The result equals ``blocks(x)`` with a key-padding mask, to float32 rounding, on the real tokens.
 
     Args:
@@ -369,7 +448,7 @@ def run_timm_blocks(
             packed and nothing synchronises).
         checkpoint: Recompute every block in the backward pass (pass the model's ``grad_checkpointing``).
         rope: Reserved for per-token rotary embeddings; must be ``None``.
-        attention: ``"auto"``, ``"nested"`` or ``"padded"`` (see :func:`packed_attention`).
+        attention: ``"auto"``, ``"nested"`` or ``"padded"`` (see `packed_attention`).
 
     Returns:
         ``(B, T, D)``, zeros at padding.
@@ -403,7 +482,7 @@ def run_timm_blocks(
 
 
 def _encoder_layer(layer: nn.TransformerEncoderLayer, x: Tensor, layout: PackedLayout, attention: str) -> Tensor:
-    """One :class:`torch.nn.TransformerEncoderLayer` on packed tokens, through its own submodules."""
+    """One `torch.nn.TransformerEncoderLayer` on packed tokens, through its own submodules."""
 
     def self_attention(h: Tensor) -> Tensor:
         mha = layer.self_attn
@@ -411,19 +490,22 @@ def _encoder_layer(layer: nn.TransformerEncoderLayer, x: Tensor, layout: PackedL
         qkv = F.linear(h, mha.in_proj_weight, mha.in_proj_bias).reshape(n, 3, heads, -1)
         p = mha.dropout if mha.training else 0.0
         a = _attend(qkv, layout, p, None, attention).reshape(n, -1)
-        return layer.dropout1(mha.out_proj(a))
+        out: Tensor = layer.dropout1(mha.out_proj(a))
+        return out
 
     def feed_forward(h: Tensor) -> Tensor:
-        return layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(h)))))
+        out: Tensor = layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(h)))))
+        return out
 
     if layer.norm_first:
         x = x + self_attention(layer.norm1(x))
         return x + feed_forward(layer.norm2(x))
     x = layer.norm1(x + self_attention(x))
-    return layer.norm2(x + feed_forward(x))
+    out: Tensor = layer.norm2(x + feed_forward(x))
+    return out
 
 
-def _check_encoder_layer(layer: nn.Module, i: int) -> None:
+def _check_encoder_layer(layer: nn.Module, i: int) -> nn.TransformerEncoderLayer:
     mha = getattr(layer, "self_attn", None)
     ok = (
         isinstance(layer, nn.TransformerEncoderLayer)
@@ -438,6 +520,7 @@ def _check_encoder_layer(layer: nn.Module, i: int) -> None:
             f"run_encoder_layers: layer {i} must be an nn.TransformerEncoderLayer whose self-attention has equal "
             f"query, key and value sizes, no bias_k/bias_v and no add_zero_attn, got {type(layer).__name__}"
         )
+    return cast(nn.TransformerEncoderLayer, layer)
 
 
 def run_encoder_layers(
@@ -448,18 +531,18 @@ def run_encoder_layers(
     checkpoint: bool = False,
     attention: Attention = "auto",
 ) -> Tensor:
-    """Run :class:`torch.nn.TransformerEncoderLayer` modules on packed tokens, attention per image.
+    """Run `torch.nn.TransformerEncoderLayer` modules on packed tokens, attention per image.
 
-    Equals :class:`torch.nn.TransformerEncoder` on the padded batch with ``src_key_padding_mask`` (pre-norm or
+    Equals `torch.nn.TransformerEncoder` on the padded batch with ``src_key_padding_mask`` (pre-norm or
     post-norm layers) on the real tokens, to float32 rounding, and keeps the layers' parameters (and so
     ``state_dict``) as they are.
 
     Args:
         layers: The encoder layers (``encoder.layers``).
         x: ``(N, D)`` packed tokens.
-        layout: Their :class:`PackedLayout`.
+        layout: Their `PackedLayout`.
         checkpoint: Recompute every layer in the backward pass.
-        attention: See :func:`packed_attention`.
+        attention: See `packed_attention`.
 
     Returns:
         ``(N, D)``.
@@ -472,8 +555,5 @@ def run_encoder_layers(
         >>> out.shape
         torch.Size([5, 16])
     """
-    layers = list(layers)
-    for i, layer in enumerate(layers):
-        _check_encoder_layer(layer, i)
-    attention = _resolve_attention(attention, x.device)
-    return _run(_encoder_layer, layers, x, layout, attention, checkpoint)
+    checked = [_check_encoder_layer(layer, i) for i, layer in enumerate(layers)]
+    return _run(_encoder_layer, checked, x, layout, _resolve_attention(attention, x.device), checkpoint)

@@ -11,7 +11,16 @@ __all__ = ["check_images", "check_mask", "check_patch_sizes", "check_positive_in
 
 
 def check_positive_int(owner: str, name: str, value: Any) -> int:
-    """Return ``value`` if it is a positive ``int`` (not a bool); raise ``TypeError``/``ValueError`` otherwise."""
+    """Return ``value`` if it is a positive ``int`` (not a bool); raise ``TypeError``/``ValueError`` otherwise.
+
+    Example:
+        >>> check_positive_int("MixedScaleGate", "fine_size", 16)
+        16
+        >>> check_positive_int("MixedScaleGate", "fine_size", True)
+        Traceback (most recent call last):
+            ...
+        TypeError: MixedScaleGate: fine_size must be a positive int, got bool True
+    """
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{owner}: {name} must be a positive int, got {type(value).__name__} {value!r}")
     if value <= 0:
@@ -20,19 +29,33 @@ def check_positive_int(owner: str, name: str, value: Any) -> int:
 
 
 def check_patch_sizes(owner: str, coarse_size: Any, fine_size: Any) -> int:
-    """Check that ``coarse_size`` is a multiple of ``fine_size`` larger than it; return their ratio."""
-    check_positive_int(owner, "coarse_size", coarse_size)
-    check_positive_int(owner, "fine_size", fine_size)
-    if coarse_size <= fine_size or coarse_size % fine_size != 0:
+    """Check that ``coarse_size`` is a multiple of ``fine_size`` larger than it; return their ratio.
+
+    Example:
+        >>> check_patch_sizes("MixedScaleGate", 32, 16)
+        2
+        >>> check_patch_sizes("MixedScaleGate", 24, 16)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        ValueError: MixedScaleGate: coarse_size must be a multiple of fine_size ... got coarse_size=24 and fine_size=16
+    """
+    coarse = check_positive_int(owner, "coarse_size", coarse_size)
+    fine = check_positive_int(owner, "fine_size", fine_size)
+    if coarse <= fine or coarse % fine != 0:
         raise ValueError(
             f"{owner}: coarse_size must be a multiple of fine_size larger than it (for example "
             f"32 and 16), got coarse_size={coarse_size} and fine_size={fine_size}"
         )
-    return coarse_size // fine_size
+    return coarse // fine
 
 
 def check_images(owner: str, images: Any, in_channels: int | None, coarse_size: int) -> tuple[int, int]:
-    """Check a batch of images ``(B, C, H, W)``; return the grid of coarse regions ``(H // Sc, W // Sc)``."""
+    """Check a batch of images ``(B, C, H, W)``; return the grid of coarse regions ``(H // Sc, W // Sc)``.
+
+    Example:
+        >>> check_images("MixedScaleGate", torch.zeros(2, 3, 64, 96), 3, 32)
+        (2, 3)
+    """
     if not isinstance(images, Tensor):
         raise TypeError(f"{owner}: images must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}")
     if not images.is_floating_point():
@@ -56,7 +79,15 @@ def check_images(owner: str, images: Any, in_channels: int | None, coarse_size: 
 
 
 def check_mask(owner: str, mask: Any, batch: int, regions: tuple[int, int]) -> None:
-    """Check a split mask of shape ``(B, H // Sc, W // Sc)`` (bool or floating point)."""
+    """Check a split mask of shape ``(B, H // Sc, W // Sc)`` (bool or floating point).
+
+    Example:
+        >>> check_mask("mixed_scale_tokens", torch.zeros(2, 2, 3), 2, (2, 3))
+        >>> check_mask("mixed_scale_tokens", torch.tensor([[[float("nan")]]]), 1, (1, 1))
+        Traceback (most recent call last):
+            ...
+        ValueError: mixed_scale_tokens: mask must not hold NaN (1 = split, 0 = keep), got 1 NaN
+    """
     if not isinstance(mask, Tensor):
         raise TypeError(f"{owner}: mask must be a torch.Tensor, got {type(mask).__name__}")
     if not (mask.dtype.is_floating_point or mask.dtype == torch.bool):
@@ -86,6 +117,12 @@ def resolve_budget(owner: str, budget: Any, regions: int | None) -> int | None:
     """Number of regions to split per image for a ``budget`` (an int count or a float fraction in ``[0, 1]``).
 
     With ``regions=None`` only the type and sign are checked (a constructor that does not know the image size).
+
+    Example:
+        >>> resolve_budget("MixedScaleGate", 0.25, 16), resolve_budget("MixedScaleGate", 3, 16)
+        (4, 3)
+        >>> resolve_budget("MixedScaleGate", 3, None), resolve_budget("MixedScaleGate", None, 16)
+        (3, None)
     """
     if budget is None:
         return None

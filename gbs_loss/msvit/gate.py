@@ -4,7 +4,7 @@ Havtorn, Royer, Blankevoort, Ehteshami Bejnordi, "MSViT: Dynamic Mixed-Scale Tok
 Transformers", ICCV Workshops 2023, arXiv 2307.02321. The image is cut into coarse patches (32x32 pixels by
 default, a 7x7 grid for a 224x224 image); a small MLP looks at each coarse patch and outputs a logit, "split this
 region into fine 16x16 patches" (1) or "keep one coarse token" (0). During training the soft value
-:math:`\sigma((\ell + L) / \tau)` (with logistic noise :math:`L`) goes to the Generalized Batch-Shaping loss and a
+$\sigma((\ell + L) / \tau)$ (with logistic noise $L$) goes to the Generalized Batch-Shaping loss and a
 straight-through estimator passes the hard 0/1 decision forward while gradients flow through the soft value;
 in evaluation the decision is a deterministic threshold of the logit.
 """
@@ -24,16 +24,22 @@ __all__ = ["GateOutput", "MixedScaleGate"]
 
 
 class GateOutput(NamedTuple):
-    """What :class:`MixedScaleGate` returns; every field has shape ``(B, H / Sc, W / Sc)``.
+    """What `MixedScaleGate` returns; every field has shape ``(B, H / Sc, W / Sc)``.
 
     Attributes:
-        logits: The raw logits :math:`\\ell` of the MLP, one per coarse region.
-        soft: Soft split probabilities in ``(0, 1)``: :math:`\\sigma((\\ell + L) / \\tau)` in training (``L``
-            logistic noise, when enabled), :math:`\\sigma(\\ell / \\tau)` in evaluation. Feed these to the
-            Generalized Batch-Shaping loss (see :func:`gbs_loss.msvit.msvit_gate_loss`).
+        logits: The raw logits $\\ell$ of the MLP, one per coarse region.
+        soft: Soft split probabilities in ``(0, 1)``: $\\sigma((\\ell + L) / \\tau)$ in training (``L``
+            logistic noise, when enabled), $\\sigma(\\ell / \\tau)$ in evaluation. Feed these to the
+            Generalized Batch-Shaping loss (see `gbs_loss.msvit.msvit_gate_loss`).
         mask: The hard decision, exactly 0.0 (keep one coarse token) or 1.0 (split into fine tokens), in the
             dtype of ``soft``. In training its gradient is passed straight through to ``soft``; in evaluation it
             is ``soft > threshold`` and carries no gradient.
+
+    Example:
+        >>> import torch
+        >>> out = MixedScaleGate().eval()(torch.randn(2, 3, 64, 64))  # 32-pixel regions: a 2 x 2 grid
+        >>> out.logits.shape, out.mask.dtype, sorted(set(out.mask.flatten().tolist())) <= [0.0, 1.0]
+        (torch.Size([2, 2, 2]), torch.float32, True)
     """
 
     logits: Tensor
@@ -54,7 +60,7 @@ class MixedScaleGate(nn.Module):
     **16,577 parameters** and, for a 224x224 image (49 regions), **0.81 M multiply-accumulates** in the MLP
     plus 0.15 M additions for the pooling, about **0.96 M** in all. A ViT-S/16 has about 22 M parameters and
     4.6 G multiply-accumulates at 224x224: the gate adds 0.08% of its parameters and 0.02% of its compute.
-    :meth:`num_parameters` and :meth:`macs` compute these numbers for other settings.
+    `num_parameters` and `macs` compute these numbers for other settings.
 
     Training (``module.train()``): ``soft = sigmoid((logits + L) / temperature)`` with ``L`` standard
     logistic noise when ``noise="logistic"``; ``mask = (soft > threshold)`` as 0/1 with a straight-through
@@ -63,10 +69,10 @@ class MixedScaleGate(nn.Module):
     deterministic, without gradient.
 
     Args:
-        coarse_size: Side of a coarse patch in pixels (:math:`S_c`).
-        fine_size: Side of a fine patch in pixels (:math:`S_f`); ``coarse_size`` must be a multiple of it
+        coarse_size: Side of a coarse patch in pixels ($S_c$).
+        fine_size: Side of a fine patch in pixels ($S_f$); ``coarse_size`` must be a multiple of it
             larger than it. The gate itself only needs ``coarse_size``; ``fine_size`` is kept so that the gate
-            and a :class:`~gbs_loss.msvit.MixedScaleTokenizer` can be checked against each other.
+            and a `MixedScaleTokenizer` can be checked against each other.
         in_channels: Number of image channels.
         gate_resolution: Side, in pixels, to which each coarse patch is average-pooled before the MLP; must
             divide ``coarse_size`` (``coarse_size`` itself means no pooling). ``None`` (default): the largest
@@ -75,21 +81,21 @@ class MixedScaleGate(nn.Module):
         hidden_dims: Widths of the MLP's hidden layers (may be empty: a linear gate).
         noise: ``"logistic"`` adds logistic noise to the logits in training (a binary-concrete relaxation);
             ``"none"`` does not.
-        temperature: :math:`\tau > 0` of the soft values.
+        temperature: $\tau > 0$ of the soft values.
         threshold: Soft value above which a region is split, in ``(0, 1)``.
         init_rate: Fraction of regions a fresh gate splits, in ``(0, 1)``; pass the target rate of the
             Generalized Batch-Shaping loss. With PyTorch's default initialisation the logits of a fresh MLP
             differ by only about 0.01 across regions, around an offset that depends on the seed, so thresholding
             them at 0 in evaluation splits 0% or 100% of the regions. The output layer is therefore calibrated at
-            construction on :meth:`reference_inputs` (synthetic standardized images, a fixed private generator):
-            its weights are scaled so that the logits :math:`\ell` have standard deviation
-            :attr:`INIT_LOGIT_STD` (``s``, two logistic scales) over the reference regions, and its bias is set so
-            that exactly ``init_rate`` of them have :math:`\ell > 0`, the evaluation decision. In training a
-            region splits when :math:`\ell + L > 0`; were :math:`\ell` logistic with scale :math:`s' = s\sqrt{3}
-            / \pi` and :math:`P(\ell > 0) = r`, its mean is :math:`s' \operatorname{logit}(r)` and the sum has
-            about logistic scale :math:`\sqrt{1 + s'^2}`, so training splits about :math:`\sigma(s'
-            \operatorname{logit}(r) / \sqrt{1 + s'^2})`: 0.12 for 0.1, 0.32 for 0.3 (the larger ``s``, the closer
-            the two rates; at ``s' = 2`` the soft values are not yet saturated). On other images the rate
+            construction on `reference_inputs` (synthetic standardized images, a fixed private generator):
+            its weights are scaled so that the logits $\ell$ have standard deviation
+            `INIT_LOGIT_STD` (``s``, two logistic scales) over the reference regions, and its bias is set so
+            that exactly ``init_rate`` of them have $\ell > 0$, the evaluation decision. In training a
+            region splits when $\ell + L > 0$; were $\ell$ logistic with scale $s' = s\sqrt{3} / \pi$ and
+            $P(\ell > 0) = r$, its mean is $s' \operatorname{logit}(r)$ and the sum has about logistic scale
+            $\sqrt{1 + s'^2}$, so training splits about $\sigma(s' \operatorname{logit}(r) / \sqrt{1 + s'^2})$:
+            0.12 for 0.1, 0.32 for 0.3 (the larger ``s``, the closer the two rates; at ``s' = 2`` the soft values
+            are not yet saturated). On other images the rate
             follows their scale: about ``init_rate`` (within 0.1) on standardized images, closer to 0.5 on images
             whose regions differ much more than the reference's. Use ``budget`` for an exact count.
         budget: Per-image budget mode: ``None`` (default) thresholds every region independently; an int ``k``
@@ -100,7 +106,7 @@ class MixedScaleGate(nn.Module):
 
     Shape:
         - Input: ``(B, C, H, W)`` with ``H`` and ``W`` multiples of ``coarse_size``.
-        - Output: a :class:`GateOutput` whose fields have shape ``(B, H / coarse_size, W / coarse_size)``.
+        - Output: a `GateOutput` whose fields have shape ``(B, H / coarse_size, W / coarse_size)``.
 
     Example:
         >>> import torch
@@ -211,14 +217,16 @@ class MixedScaleGate(nn.Module):
     def _calibrate_output_layer(self) -> None:
         """Scale the output layer and set its bias so that a fresh gate splits ``init_rate`` of the regions."""
         last = self.mlp[-1]
+        assert isinstance(last, nn.Linear) and last.bias is not None  # built so in __init__
+        bias = last.bias
         if last.weight.is_meta:
-            last.bias.fill_(math.log(self.init_rate) - math.log1p(-self.init_rate))
+            bias.fill_(math.log(self.init_rate) - math.log1p(-self.init_rate))
             return
         features = self.mlp[:-1](self.reference_inputs()).double()
         raw = features @ last.weight.double().squeeze(0)
         scale = self.INIT_LOGIT_STD / raw.std().clamp_min(1e-12)
         last.weight.mul_(scale.to(last.weight.dtype))
-        last.bias.fill_(-torch.quantile(scale * raw, 1.0 - self.init_rate).item())
+        bias.fill_(-torch.quantile(scale * raw, 1.0 - self.init_rate).item())
 
     @property
     def region_features(self) -> int:
@@ -226,7 +234,12 @@ class MixedScaleGate(nn.Module):
         return self.in_channels * self.gate_resolution**2
 
     def num_parameters(self) -> int:
-        """Number of parameters of the gate."""
+        """Number of parameters of the gate.
+
+        Example:
+            >>> MixedScaleGate().num_parameters()
+            16577
+        """
         return sum(p.numel() for p in self.parameters())
 
     def macs(self, height: int = 224, width: int = 224) -> int:
@@ -242,6 +255,10 @@ class MixedScaleGate(nn.Module):
 
         Returns:
             The operation count as an int.
+
+        Example:
+            >>> MixedScaleGate().macs(224, 224)
+            956480
         """
         owner = f"{type(self).__name__}.macs"
         for name, value in (("height", height), ("width", width)):
@@ -274,11 +291,11 @@ class MixedScaleGate(nn.Module):
 
         Args:
             images: Images ``(B, C, H, W)``, ``H`` and ``W`` multiples of ``coarse_size``.
-            budget: Regions to split per image (int) or their fraction (float), overriding :attr:`budget` for
-                this call; ``None`` uses :attr:`budget`.
+            budget: Regions to split per image (int) or their fraction (float), overriding `budget` for
+                this call; ``None`` uses `budget`.
 
         Returns:
-            A :class:`GateOutput` ``(logits, soft, mask)``, each of shape ``(B, H / Sc, W / Sc)``.
+            A `GateOutput` ``(logits, soft, mask)``, each of shape ``(B, H / Sc, W / Sc)``.
         """
         logits = self.mlp(self.region_inputs(images)).squeeze(-1)
         noisy = logits

@@ -14,9 +14,10 @@ __all__ = ["msvit_gate_loss"]
 def _check_fraction(name: str, value: object, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"msvit_gate_loss: {name} must be a real number, got {type(value).__name__}")
-    if not (math.isfinite(value) and low < value < high):
+    number = float(value)
+    if not (math.isfinite(number) and low < number < high):
         raise ValueError(f"msvit_gate_loss: {name} must be in ({low:g}, {high:g}), got {value!r}")
-    return float(value)
+    return number
 
 
 def _check_regions(regions: object) -> None:
@@ -47,10 +48,10 @@ def msvit_gate_loss(
     r"""The Generalized Batch-Shaping loss for an MSViT gate's soft values.
 
     As in Havtorn, Royer, Blankevoort, Ehteshami Bejnordi, "MSViT: Dynamic Mixed-Scale Tokenization for Vision
-    Transformers", ICCV Workshops 2023, arXiv 2307.02321: every coarse region :math:`k` gets its own learned
-    Relaxed Bernoulli prior (mean :math:`m_k`, temperature :math:`\lambda_k`) for the soft gate values
-    :math:`x_{i,k}` of the batch, and a Normal hyperprior :math:`\mathcal{N}(\text{target}, \text{spread}^2)` on
-    the learned means :math:`m_1, \dots, m_D` keeps the average fraction of split regions near ``target`` while
+    Transformers", ICCV Workshops 2023, arXiv 2307.02321: every coarse region $k$ gets its own learned
+    Relaxed Bernoulli prior (mean $m_k$, temperature $\lambda_k$) for the soft gate values
+    $x_{i,k}$ of the batch, and a Normal hyperprior $\mathcal{N}(\text{target}, \text{spread}^2)$ on
+    the learned means $m_1, \dots, m_D$ keeps the average fraction of split regions near ``target`` while
     letting some regions (the centre of the image, say) split more often than others. A small L1 term on the
     temperatures favours nearly binary gates. The means start at ``target``.
 
@@ -72,7 +73,7 @@ def msvit_gate_loss(
             with an accelerator), so turn it off in a training loop on a GPU once things work.
 
     Returns:
-        A :class:`gbs_loss.modules.GeneralizedBatchShaping` taking the soft values ``(N, *regions)``.
+        A `gbs_loss.modules.GeneralizedBatchShaping` taking the soft values ``(N, *regions)``.
 
     Example:
         >>> import torch

@@ -2,20 +2,20 @@ r"""The mixed-scale tokenizer of MSViT: coarse tokens where the gate keeps a reg
 
 Havtorn, Royer, Blankevoort, Ehteshami Bejnordi, "MSViT: Dynamic Mixed-Scale Tokenization for Vision
 Transformers", ICCV Workshops 2023, arXiv 2307.02321. Given images, the gate's hard mask (one 0/1 value per
-coarse region), a fine patch embedding (the ``Conv2d`` of stride :math:`S_f` of a ViT) and the ViT's grid of fine
+coarse region), a fine patch embedding (the ``Conv2d`` of stride $S_f$ of a ViT) and the ViT's grid of fine
 position embeddings, every coarse region becomes either
 
 * one **coarse token**: the fine patch embedding of the coarse patch resized to the fine size (area averaging,
-  :math:`S_c / S_f` times smaller), plus the mean of the position embeddings of the fine positions it covers; or
-* :math:`(S_c / S_f)^2` **fine tokens**: the usual patch embeddings plus position embeddings.
+  $S_c / S_f$ times smaller), plus the mean of the position embeddings of the fine positions it covers; or
+* $(S_c / S_f)^2$ **fine tokens**: the usual patch embeddings plus position embeddings.
 
 Every pixel is covered by exactly one token and nothing is dropped, unlike token pruning. With
-:math:`S_c = 2 S_f` an image of :math:`R` regions of which :math:`s` are split has :math:`R + 3 s` tokens.
+$S_c = 2 S_f$ an image of $R$ regions of which $s$ are split has $R + 3 s$ tokens.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,7 @@ class MixedTokens(NamedTuple):
     Attributes:
         tokens: ``(B, T, D)`` token embeddings (patch embedding plus position embedding); zeros at padding.
         padding_mask: ``(B, T)`` bool, ``True`` at padding (the convention of ``src_key_padding_mask`` in
-            :class:`torch.nn.TransformerEncoder`).
+            `torch.nn.TransformerEncoder`).
         lengths: ``(B,)`` int64 number of tokens of every image (at most ``T``).
         positions: ``(B, T)`` int64 raster index on the fine grid of every token's top-left fine cell (0 at
             padding).
@@ -54,6 +54,20 @@ class MixedTokens(NamedTuple):
         grid_size: ``(Gh, Gw)``, the fine grid, ``(H / Sf, W / Sf)``.
         fine_size: Side of a fine patch in pixels.
         coarse_size: Side of a coarse patch in pixels.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> embed = nn.Conv2d(3, 8, kernel_size=16, stride=16)
+        >>> mask = torch.zeros(2, 2, 2)
+        >>> mask[0, 0, 0] = 1.0  # split the top-left region of image 0 into 4 fine tokens
+        >>> out = mixed_scale_tokens(torch.randn(2, 3, 64, 64), mask, embed, None)
+        >>> out.tokens.shape, out.lengths.tolist()
+        (torch.Size([2, 7, 8]), [7, 4])
+        >>> out.is_fine[0].tolist()
+        [True, True, False, True, True, False, False]
+        >>> out.padding_mask[1].tolist()
+        [False, False, False, False, True, True, True]
     """
 
     tokens: Tensor
@@ -71,7 +85,7 @@ class MixedTokens(NamedTuple):
         """Scatter per-token values back to the fine grid, for dense tasks.
 
         Every fine cell receives the value of the token that covers it (a coarse token's value is repeated on
-        its :math:`(S_c / S_f)^2` cells). Cells whose token was cut off by ``max_tokens`` receive zeros.
+        its $(S_c / S_f)^2$ cells). Cells whose token was cut off by ``max_tokens`` receive zeros.
 
         Args:
             values: ``(B, T, *F)`` values per token (for example a ViT's output tokens, without class token).
@@ -111,6 +125,15 @@ class MixedTokens(NamedTuple):
 
         Returns:
             ``(B, T, 4)`` int64; zeros at padding.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> embed = nn.Conv2d(3, 8, kernel_size=16, stride=16)
+            >>> mask = torch.tensor([[[0.0, 1.0], [0.0, 0.0]]])  # split the top-right region
+            >>> boxes = mixed_scale_tokens(torch.randn(1, 3, 64, 64), mask, embed, None).boxes()
+            >>> boxes.shape, boxes[0, :3].tolist()  # a coarse token, then fine tokens
+            (torch.Size([1, 7, 4]), [[0, 0, 32, 32], [0, 32, 16, 48], [0, 48, 16, 64]])
         """
         gw = self.grid_size[1]
         row = torch.div(self.positions, gw, rounding_mode="floor")
@@ -178,7 +201,7 @@ def _check_patch_embed(owner: str, patch_embed: Any, fine_size: int) -> int | No
     return None
 
 
-def _is_patchwise(patch_embed: nn.Module, fine_size: int) -> bool:
+def _is_patchwise(patch_embed: nn.Module, fine_size: int) -> TypeGuard[nn.Conv2d]:
     """Whether ``patch_embed`` is a plain non-overlapping patch convolution (then only used patches are embedded)."""
     return (
         type(patch_embed) is nn.Conv2d
@@ -345,6 +368,7 @@ def _mixed_tokens(
     if layout is not None:
         padded_tokens, positions, fine_flags = unpack(tokens, layout), unpack(cell, layout), unpack(is_fine, layout)
     else:
+        assert slot_valid is not None  # set whenever layout is None
         padded_tokens = torch.where(slot_valid[:, None], tokens, 0.0).view(b, length, -1)
         positions = torch.where(slot_valid, cell, 0).view(b, length)
         fine_flags = (is_fine & slot_valid).view(b, length)
@@ -378,13 +402,13 @@ def mixed_scale_tokens(
 ) -> MixedTokens:
     r"""Build the mixed-scale token sequences of a batch of images (functional form of the tokenizer).
 
-    Coarse token of region :math:`r`: ``embed(area_resize(patch_r, fine_size))`` plus the mean of the position
-    embeddings of the :math:`(S_c/S_f)^2` fine cells it covers. Fine token: ``embed(fine patch)`` plus its
+    Coarse token of region $r$: ``embed(area_resize(patch_r, fine_size))`` plus the mean of the position
+    embeddings of the $(S_c/S_f)^2$ fine cells it covers. Fine token: ``embed(fine patch)`` plus its
     position embedding. Sequences are padded to a common length ``T`` (Havtorn et al., "MSViT", ICCV Workshops
     2023, arXiv 2307.02321).
 
     **Straight-through gradients.** When ``mask`` is a floating tensor that requires grad (the gate's
-    :attr:`GateOutput.mask <gbs_loss.msvit.GateOutput.mask>` in training), the content of every fine token is
+    `GateOutput.mask` in training), the content of every fine token is
     multiplied by its region's mask value and that of every coarse token by one minus it. These factors are
     exactly 1 in the forward pass and give the gate the gradient of the task loss with respect to its decision.
 
@@ -399,10 +423,10 @@ def mixed_scale_tokens(
     **un-splits its least confident splits** (lowest ``scores``; without scores, the last splits in raster order)
     until it fits, so every pixel stays covered; only when even its all-coarse sequence is longer than
     ``max_tokens`` are its last tokens, in spatial order, dropped. Both are reported in
-    :attr:`MixedTokens.truncated`. ``max_tokens`` equal to the all-fine count ``(H / Sf) * (W / Sf)`` never
+    `MixedTokens.truncated`. ``max_tokens`` equal to the all-fine count ``(H / Sf) * (W / Sf)`` never
     truncates. In the **budget mode** (``budget``) every image has exactly
     ``regions + ((Sc / Sf)^2 - 1) k`` tokens: no padding and no synchronisation. The mask must then split
-    exactly ``k`` regions of every image (as :class:`~gbs_loss.msvit.MixedScaleGate` does with the same
+    exactly ``k`` regions of every image (as `MixedScaleGate` does with the same
     ``budget``); this is checked on CPU tensors outside ``torch.compile`` (elsewhere it would cost a
     synchronisation). A NaN in a floating mask is refused on the same terms.
 
@@ -424,7 +448,7 @@ def mixed_scale_tokens(
         scores: Confidence of every split, ``(B, H / Sc, W / Sc)`` (the gate's logits), for ``max_tokens``.
 
     Returns:
-        A :class:`MixedTokens`.
+        A `MixedTokens`.
 
     Shape:
         - images: ``(B, C, H, W)``; mask: ``(B, H / Sc, W / Sc)``.
@@ -458,33 +482,33 @@ def mixed_scale_tokens(
 
 
 class MixedScaleTokenizer(nn.Module):
-    r"""Module form of :func:`mixed_scale_tokens`: holds the patch embedding and the position-embedding grid.
+    r"""Module form of `mixed_scale_tokens`: holds the patch embedding and the position-embedding grid.
 
     MSViT's mixed-scale tokenization (Havtorn, Royer, Blankevoort, Ehteshami Bejnordi, "MSViT: Dynamic
     Mixed-Scale Tokenization for Vision Transformers", ICCV Workshops 2023, arXiv 2307.02321): a coarse token is
     the fine patch embedding of the coarse patch resized (area averaging) to the fine size, with the mean of the
     position embeddings of the fine cells it covers; fine tokens are the usual ones. See
-    :func:`mixed_scale_tokens` for the straight-through gradients to the gate and the one host synchronisation
+    `mixed_scale_tokens` for the straight-through gradients to the gate and the one host synchronisation
     (avoided with a fixed ``max_tokens``).
 
     Args:
         patch_embed: The fine patch embedding (``nn.Conv2d(C, D, kernel_size=Sf, stride=Sf)`` or any module
             mapping ``(B, C, h, w)`` to ``(B, D, h / Sf, w / Sf)``); shared, not copied.
-        pos_embed: The fine grid of position embeddings (see :func:`mixed_scale_tokens` for the accepted
+        pos_embed: The fine grid of position embeddings (see `mixed_scale_tokens` for the accepted
             shapes), or ``None``. An ``nn.Parameter`` is registered as a parameter, another tensor as a buffer.
-            A grid passed to :meth:`forward` takes precedence.
+            A grid passed to `forward` takes precedence.
         coarse_size: Side of a coarse patch in pixels.
         fine_size: Side of a fine patch in pixels.
         embed_norm: Optional token-wise module applied to the patch embeddings (before the position embeddings).
         max_tokens: Fixed padded length, or ``None`` for the batch's largest token count; images with more
-            tokens un-split their least confident regions (see :func:`mixed_scale_tokens`).
+            tokens un-split their least confident regions (see `mixed_scale_tokens`).
         budget: Budget mode: every mask splits exactly this many regions per image (an int, or a float fraction
             of the regions), so that the batch is dense with no padding and no host synchronisation (see
-            :func:`mixed_scale_tokens`); ``None`` for free masks. Not together with ``max_tokens``.
+            `mixed_scale_tokens`); ``None`` for free masks. Not together with ``max_tokens``.
 
     Shape:
         - images: ``(B, C, H, W)``; mask: ``(B, H / Sc, W / Sc)``.
-        - Output: :class:`MixedTokens` with ``tokens`` of shape ``(B, T, D)``.
+        - Output: `MixedTokens` with ``tokens`` of shape ``(B, T, D)``.
 
     Example:
         >>> import torch
@@ -549,14 +573,14 @@ class MixedScaleTokenizer(nn.Module):
 
         Args:
             images: Images ``(B, C, H, W)``.
-            mask: Split decisions ``(B, H / Sc, W / Sc)`` (for example :attr:`GateOutput.mask
-                <gbs_loss.msvit.GateOutput.mask>`).
+            mask: Split decisions ``(B, H / Sc, W / Sc)`` (for example
+                `GateOutput.mask`).
             pos_embed: A fine position-embedding grid to use instead of the stored one.
             scores: Confidence of every split ``(B, H / Sc, W / Sc)`` (the gate's logits), used by ``max_tokens``
                 to un-split the least confident regions first.
 
         Returns:
-            A :class:`MixedTokens`.
+            A `MixedTokens`.
         """
         return mixed_scale_tokens(
             images,

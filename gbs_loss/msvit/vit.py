@@ -1,9 +1,9 @@
 r"""End-to-end MSViT examples: the gate and the mixed-scale tokenizer in front of a Vision Transformer.
 
-* :class:`MixedScaleViT` -- a small ViT in plain PyTorch (the layers of a :class:`torch.nn.TransformerEncoder`)
+* `MixedScaleViT` -- a small ViT in plain PyTorch (the layers of a `torch.nn.TransformerEncoder`)
   running on the mixed tokens, packed (no compute on padding), padded, or in the per-image budget mode;
-* :class:`~gbs_loss.msvit.timm.TimmMixedScaleViT` -- the same around a ``timm`` ``VisionTransformer``; it lives in
-  :mod:`gbs_loss.msvit.timm` and is re-exported here.
+* `TimmMixedScaleViT` -- the same around a ``timm`` ``VisionTransformer``; it lives in
+  `gbs_loss.msvit.timm` and is re-exported here.
 
 Havtorn, Royer, Blankevoort, Ehteshami Bejnordi, "MSViT: Dynamic Mixed-Scale Tokenization for Vision
 Transformers", ICCV Workshops 2023, arXiv 2307.02321.
@@ -32,11 +32,20 @@ class ViTOutput(NamedTuple):
     Attributes:
         logits: ``(B, num_classes)`` classification logits.
         features: ``(B, T, D)`` output tokens of the encoder without the class (and register) tokens, in the
-            order of :attr:`tokens`; values at padding are meaningless. ``tokens.to_grid(features)`` maps them
+            order of `tokens`; values at padding are meaningless. ``tokens.to_grid(features)`` maps them
             to the fine grid for dense tasks.
-        gate: The gate's :class:`~gbs_loss.msvit.GateOutput` (its ``soft`` values go to the Generalized
+        gate: The gate's `GateOutput` (its ``soft`` values go to the Generalized
             Batch-Shaping loss), or ``None`` when a mask was given to ``forward``.
-        tokens: The :class:`~gbs_loss.msvit.MixedTokens` the encoder ran on.
+        tokens: The `MixedTokens` the encoder ran on.
+
+    Example:
+        >>> import torch
+        >>> model = MixedScaleViT(num_classes=10, image_size=64, embed_dim=32, depth=1, num_heads=2).eval()
+        >>> out = model(torch.randn(2, 3, 64, 64), mask=torch.ones(2, 2, 2, dtype=torch.bool))  # all fine
+        >>> out.logits.shape, out.features.shape, out.gate is None
+        (torch.Size([2, 10]), torch.Size([2, 16, 32]), True)
+        >>> out.tokens.to_grid(out.features).shape
+        torch.Size([2, 4, 4, 32])
     """
 
     logits: Tensor
@@ -55,21 +64,21 @@ def _gate_and_mask(gate: MixedScaleGate, images: Tensor, mask: Tensor | None) ->
 class MixedScaleViT(nn.Module):
     r"""A small Vision Transformer in plain PyTorch on MSViT's mixed-scale tokens.
 
-    The gate picks, per coarse region, one coarse token or :math:`(S_c/S_f)^2` fine tokens; the
-    :class:`~gbs_loss.msvit.MixedScaleTokenizer` embeds them with the ViT's own patch embedding and position
-    embeddings; a class token is prepended and pre-norm Transformer layers (a :class:`torch.nn.TransformerEncoder`)
+    The gate picks, per coarse region, one coarse token or $(S_c/S_f)^2$ fine tokens; the
+    `MixedScaleTokenizer` embeds them with the ViT's own patch embedding and position
+    embeddings; a class token is prepended and pre-norm Transformer layers (a `torch.nn.TransformerEncoder`)
     run on them (Havtorn et al., "MSViT", ICCV Workshops 2023, arXiv 2307.02321). In training, the gate's
     straight-through mask carries the task loss's gradient to the gate; add the Generalized Batch-Shaping loss of
-    ``output.gate.soft`` (:func:`~gbs_loss.msvit.msvit_gate_loss`) to control how many regions split.
+    ``output.gate.soft`` (`msvit_gate_loss`) to control how many regions split.
 
     **Execution** (``execution``; the results agree to float32 rounding):
 
     * ``"packed"``: no compute on padding. Only the tokens each image has are embedded; the token-wise layers
       (LayerNorm, QKV and output projections, MLP) run on the ``sum(lengths)`` tokens of the whole batch and
-      attention runs per image (:mod:`gbs_loss.msvit._packed`). One host synchronisation per batch, for the
+      attention runs per image (`gbs_loss.msvit._packed`). One host synchronisation per batch, for the
       data-dependent token count.
     * ``"padded"``: every image padded to the longest one (or ``max_tokens``) and
-      :class:`torch.nn.TransformerEncoder` with ``src_key_padding_mask``; no host synchronisation with a fixed
+      `torch.nn.TransformerEncoder` with ``src_key_padding_mask``; no host synchronisation with a fixed
       ``max_tokens``.
     * ``"auto"`` (default): ``"padded"`` with a fixed ``max_tokens``, ``"packed"`` otherwise.
 
@@ -86,25 +95,25 @@ class MixedScaleViT(nn.Module):
         coarse_size: Side of a coarse patch in pixels.
         fine_size: Side of a fine patch in pixels.
         in_channels: Number of image channels.
-        embed_dim: Token width :math:`D`.
+        embed_dim: Token width $D$.
         depth: Number of encoder layers.
         num_heads: Attention heads; must divide ``embed_dim``.
         mlp_ratio: Width of the feed-forward layers relative to ``embed_dim``, a number > 0.
         dropout: Dropout of the encoder layers, in ``[0, 1)``.
-        gate: The gate; a default :class:`~gbs_loss.msvit.MixedScaleGate` when ``None``. Its ``coarse_size``,
+        gate: The gate; a default `MixedScaleGate` when ``None``. Its ``coarse_size``,
             ``fine_size`` and ``in_channels`` must match.
         max_tokens: Fixed padded length of the token sequences (no host synchronisation; images with more tokens
-            un-split their least confident regions, see :func:`~gbs_loss.msvit.mixed_scale_tokens`), or ``None``
+            un-split their least confident regions, see `mixed_scale_tokens`), or ``None``
             for the batch's largest token count.
         budget: Regions to split per image (int) or their fraction (float in ``[0, 1]``): the budget mode above;
             ``None`` lets the gate threshold every region. Not together with ``max_tokens``.
         execution: ``"auto"``, ``"packed"`` or ``"padded"`` (see above).
         attention: Attention of the packed execution: ``"auto"`` (jagged nested tensors on CUDA, padded attention
-            elsewhere), ``"nested"`` or ``"padded"`` (see :func:`gbs_loss.msvit._packed.packed_attention`).
+            elsewhere), ``"nested"`` or ``"padded"`` (see `gbs_loss.msvit._packed.packed_attention`).
 
     Shape:
         - Input: ``(B, C, image_size, image_size)``; optional mask ``(B, image_size / Sc, image_size / Sc)``.
-        - Output: :class:`ViTOutput` with ``logits`` of shape ``(B, num_classes)``.
+        - Output: `ViTOutput` with ``logits`` of shape ``(B, num_classes)``.
 
     Example:
         >>> import torch
@@ -224,6 +233,12 @@ class MixedScaleViT(nn.Module):
         """Recompute every encoder layer in the backward pass (less memory, more time), as timm's models do."""
         self.grad_checkpointing = bool(enable)
 
+    def _final_norm(self, x: Tensor) -> Tensor:
+        norm = self.encoder.norm
+        assert norm is not None  # built with a LayerNorm
+        out: Tensor = norm(x)
+        return out
+
     def _mode(self) -> str:
         if self.execution != "auto":
             return self.execution
@@ -238,7 +253,7 @@ class MixedScaleViT(nn.Module):
                 mode it must split exactly the budget's count of regions in every image.
 
         Returns:
-            A :class:`ViTOutput`; ``features`` is in the padded layout of ``tokens`` whatever the execution.
+            A `ViTOutput`; ``features`` is in the padded layout of ``tokens`` whatever the execution.
         """
         owner = type(self).__name__
         if isinstance(images, Tensor) and images.dim() == 4 and tuple(images.shape[-2:]) != (self.image_size,) * 2:
@@ -277,7 +292,7 @@ class MixedScaleViT(nn.Module):
             if self.grad_checkpointing and torch.is_grad_enabled():
                 for layer in self.encoder.layers:
                     x = _checkpoint.checkpoint(layer, x, src_key_padding_mask=padding, use_reentrant=False)
-                x = self.encoder.norm(x)
+                x = self._final_norm(x)
             else:
                 x = self.encoder(x, src_key_padding_mask=padding)
             return ViTOutput(self.head(x[:, 0]), x[:, 1:], gate_out, tokens)
@@ -295,7 +310,7 @@ class MixedScaleViT(nn.Module):
         x = run_encoder_layers(
             self.encoder.layers, x, with_cls, checkpoint=self.grad_checkpointing, attention=self.attention
         )
-        x = self.encoder.norm(x)
+        x = self._final_norm(x)
         if layout.dense:
             x = x.view(b, t + 1, d)
             return ViTOutput(self.head(x[:, 0]), x[:, 1:], gate_out, tokens)
