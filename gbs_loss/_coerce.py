@@ -4,17 +4,17 @@ Every public function of the library takes numbers or tensors and turns them int
 errors that name the argument, what was expected and what was received. The rules, written once:
 
 * A *real* argument is a Python or NumPy real number (not a ``bool``) or a real tensor (not ``bool``, not
-  complex): :func:`check_real`.
+  complex): `check_real`.
 * A distribution *parameter* keeps a floating tensor as given (not copied, so gradients reach it), turns an
   integer tensor into the default dtype and a number into a 0-dimensional float64 tensor, which keeps the
-  number exact and does not promote the points' dtype: :func:`as_parameter`.
+  number exact and does not promote the points' dtype: `as_parameter`.
 * The arguments of an elementwise function are converted together: their floating dtype is promoted,
   numbers and integer tensors take that dtype, and floating tensors keep their own (so that each gradient is
-  cast back to its own dtype): :func:`as_float_tensors`.
+  cast back to its own dtype): `as_float_tensors`.
 * Tensors share one device, except 0-dimensional CPU tensors (numbers), which go anywhere, as in torch:
-  :func:`check_devices`; shapes broadcast together: :func:`check_broadcast`.
-* A count is anything :func:`operator.index` accepts (``int``, ``numpy.int64``, ...), not a ``bool``:
-  :func:`as_index`.
+  `check_devices`; shapes broadcast together: `check_broadcast`.
+* A count is anything `operator.index` accepts (``int``, ``numpy.int64``, ...), not a ``bool``:
+  `as_index`.
 
 Every function takes the argument's ``name`` and an optional ``owner`` (the function or class the user
 called); messages read ``"{owner}: {name} must be ..., got ..."`` (without the ``"{owner}: "`` part when
@@ -59,12 +59,23 @@ __all__ = [
 
 
 def prefix(owner: str | None) -> str:
-    """``"{owner}: "``, or ``""`` without an owner: the start of every message."""
+    """``"{owner}: "``, or ``""`` without an owner: the start of every message.
+
+    Example:
+        >>> prefix("batch_shaping_loss"), prefix(None)
+        ('batch_shaping_loss: ', '')
+    """
     return f"{owner}: " if owner else ""
 
 
 def describe_type(value: object) -> str:
-    """How a received value is named in a type error: ``"str"``, ``"a tensor of dtype torch.bool"``, ..."""
+    """How a received value is named in a type error: ``"str"``, ``"a tensor of dtype torch.bool"``, ...
+
+    Example:
+        >>> import torch
+        >>> describe_type("7x7"), describe_type(torch.ones(2, dtype=torch.bool))
+        ('str', 'a tensor of dtype torch.bool')
+    """
     if isinstance(value, Tensor):
         return f"a tensor of dtype {value.dtype}"
     return type(value).__name__
@@ -106,7 +117,7 @@ def as_parameter(value: object, name: str, owner: str | None = None) -> Tensor:
 
     Integer tensors become the default dtype; numbers become 0-dimensional float64 CPU tensors (exact, and,
     being 0-dimensional, they do not promote the dtype of the points they meet, see
-    :func:`gbs_loss._dtypes.compute_dtype`).
+    `gbs_loss._dtypes.compute_dtype`).
 
     Args:
         value: A real number or a real tensor.
@@ -117,7 +128,7 @@ def as_parameter(value: object, name: str, owner: str | None = None) -> Tensor:
         A floating tensor.
 
     Raises:
-        TypeError: as :func:`check_real`.
+        TypeError: as `check_real`.
 
     Example:
         >>> as_parameter(torch.tensor([1, 2]), "a").dtype
@@ -145,11 +156,15 @@ def check_devices(owner: str | None = None, **tensors: Tensor) -> torch.device |
     Example:
         >>> check_devices(a=torch.zeros(2), b=torch.tensor(1.0))
         device(type='cpu')
+        >>> check_devices("betainc", a=torch.zeros(2), b=torch.zeros(2, device="meta"))
+        Traceback (most recent call last):
+        ...
+        ValueError: betainc: all tensors must be on one device, got a: cpu, b: meta
     """
     placed = {name: t.device for name, t in tensors.items() if not (t.dim() == 0 and t.device.type == "cpu")}
     devices = set(placed.values())
     if len(devices) > 1:
-        found = ", ".join(f"{name} on {device}" for name, device in placed.items())
+        found = ", ".join(f"{name}: {device}" for name, device in placed.items())
         raise ValueError(f"{prefix(owner)}all tensors must be on one device, got {found}")
     if devices:
         return devices.pop()
@@ -200,7 +215,7 @@ def as_float_tensors(
         ``(tensors, dtype)``: the tensors in the order of ``values`` and the promoted floating dtype.
 
     Raises:
-        TypeError: an argument is not real (see :func:`check_real`).
+        TypeError: an argument is not real (see `check_real`).
         ValueError: tensors on several devices, or shapes that do not broadcast.
 
     Example:
@@ -228,7 +243,7 @@ def as_float_tensors(
 
 
 def as_index(value: object, name: str, owner: str | None = None, *, minimum: int | None = None) -> int:
-    """An integer argument as an ``int``: anything :func:`operator.index` accepts except a ``bool``.
+    """An integer argument as an ``int``: anything `operator.index` accepts except a ``bool``.
 
     Accepts ``int``, ``numpy.int64`` and other integer scalars (any ``numbers.Integral``); refuses ``bool``
     (``True`` is rarely meant as 1), floats (``7.0``) and strings.

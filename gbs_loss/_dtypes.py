@@ -2,12 +2,12 @@ r"""Dtype rules shared by the special functions, the priors and the losses.
 
 Three rules, written once:
 
-* :data:`LOW_PRECISION` -- the dtypes (float16, bfloat16) that are never computed in: their values are
+* `LOW_PRECISION` -- the dtypes (float16, bfloat16) that are never computed in: their values are
   promoted to float32 (or better) first, and the results and gradients cast back.
-* :func:`compute_dtype` -- the dtype a computation on some points and parameters runs in: promoted like
+* `compute_dtype` -- the dtype a computation on some points and parameters runs in: promoted like
   torch's own type promotion, in which 0-dimensional tensors (Python numbers) do not take part, and never
   below float32.
-* :func:`saturate` and :func:`saturating_cast` -- a cast to a narrower dtype that *saturates* at the dtype's
+* `saturate` and `saturating_cast` -- a cast to a narrower dtype that *saturates* at the dtype's
   largest finite value instead of overflowing to infinity, for values and (through autograd) for gradients. A
   steep density of 1e6 is a perfectly good float32 gradient, but infinite in float16; training treats an
   infinite gradient as a failed step, a saturated one as a large step. NaN stays NaN.
@@ -43,7 +43,7 @@ def float_dtype(*tensors: Tensor, ignore_scalars: bool = False) -> torch.dtype:
             part in torch's type promotion) unless every floating tensor is 0-dimensional.
 
     Returns:
-        A floating dtype (low precision included: see :func:`compute_dtype` for the computation dtype).
+        A floating dtype (low precision included: see `compute_dtype` for the computation dtype).
 
     Example:
         >>> float_dtype(torch.zeros(2), torch.zeros(2, dtype=torch.float64))
@@ -89,14 +89,18 @@ def compute_dtype(x: Tensor, *params: Tensor) -> torch.dtype:
     return torch.float32 if dtype in LOW_PRECISION else dtype
 
 
-def saturate(t: Tensor, dtype: torch.dtype) -> Tensor:
+def saturate(t: Tensor, dtype: torch.dtype, *, keep_same_dtype: bool = False) -> Tensor:
     """Cast ``t`` to ``dtype``, mapping values beyond the dtype's range (and infinities) to its largest finite value.
 
-    NaN stays NaN. Also applied when ``t`` already has ``dtype``: infinities then become finite.
+    NaN stays NaN. Also applied when ``t`` already has ``dtype`` (infinities then become finite), unless
+    ``keep_same_dtype``.
 
     Args:
         t: A floating tensor.
         dtype: A floating dtype.
+        keep_same_dtype: Return ``t`` itself, infinities included, when it already has ``dtype``: only a
+            narrowing cast saturates. For gradients computed in float64 whose infinite limits (a density that
+            diverges at an end) are part of the contract for float64 arguments.
 
     Returns:
         ``t`` clamped to ``[-finfo(dtype).max, finfo(dtype).max]`` in ``dtype``.
@@ -104,7 +108,12 @@ def saturate(t: Tensor, dtype: torch.dtype) -> Tensor:
     Example:
         >>> saturate(torch.tensor([7e4, 1.0]), torch.float16)
         tensor([6.5504e+04, 1.0000e+00], dtype=torch.float16)
+        >>> inf = torch.tensor([float("inf")], dtype=torch.float64)
+        >>> saturate(inf, torch.float64), saturate(inf, torch.float64, keep_same_dtype=True)
+        (tensor([1.7977e+308], dtype=torch.float64), tensor([inf], dtype=torch.float64))
     """
+    if keep_same_dtype and t.dtype == dtype:
+        return t
     big = torch.finfo(dtype).max
     return t.clamp(-big, big).to(dtype)
 

@@ -10,8 +10,9 @@ r"""The operator layer of `gbs_loss.betainc`: the custom op, the autograd functi
   sizes).
 * `BetaincFunction` saves the three partial derivatives that the forward computes anyway; its backward is
   one multiplication per input that needs a gradient, then a sum to the input's shape where the input was
-  broadcast. Second derivatives are not implemented: the first derivatives are marked so that differentiating
-  them raises a clear ``RuntimeError`` instead of silently returning zeros.
+  broadcast. Second derivatives are not implemented: the first derivatives are marked (`first_derivatives_only`,
+  shared with `gbs_loss.special.inverse`) so that differentiating them raises a clear ``RuntimeError`` instead of
+  silently returning zeros.
 """
 
 from __future__ import annotations
@@ -23,9 +24,17 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
+from gbs_loss._dtypes import saturate
 from gbs_loss.special import backends
 
-__all__ = ["BetaincFunction", "Plan", "betainc_block", "betainc_with_grads_op", "evaluate"]
+__all__ = [
+    "BetaincFunction",
+    "Plan",
+    "betainc_block",
+    "betainc_with_grads_op",
+    "evaluate",
+    "first_derivatives_only",
+]
 
 F64 = torch.float64
 
@@ -134,28 +143,59 @@ def _flat64(t: Tensor, shape: torch.Size, n: int) -> Tensor:
     return out.view(n)
 
 
-def _finite_cast(t: Tensor, dtype: torch.dtype) -> Tensor:
-    """Cast a float64 tensor to ``dtype``, saturating (not overflowing) at the dtype's largest value."""
-    if dtype == F64:
-        return t
-    big = torch.finfo(dtype).max
-    return t.clamp(-big, big).to(dtype)
+class _NamedCtx(FunctionCtx):
+    """The autograd context of `_NoDoubleBackward` (typing only)."""
+
+    function: str
 
 
 class _NoDoubleBackward(torch.autograd.Function):
-    """Identity whose backward raises: marks first derivatives of `betainc` as not differentiable."""
+    """Identity whose backward raises: marks a first derivative as not differentiable."""
 
     @staticmethod
-    def forward(ctx: FunctionCtx, t: Tensor, *inputs: Tensor) -> Tensor:
-        # ``inputs`` (the arguments of betainc) only link the result to the graph of the first derivative.
+    def forward(ctx: _NamedCtx, t: Tensor, function: str, *inputs: Tensor) -> Tensor:
+        # ``inputs`` (the arguments of the function) only link the result to the graph of the first derivative.
+        ctx.function = function
         return t.clone()
 
     @staticmethod
-    def backward(ctx: FunctionCtx, *grads: Tensor) -> NoReturn:
+    def backward(ctx: _NamedCtx, *grads: Tensor) -> NoReturn:
         raise RuntimeError(
-            "betainc supports first derivatives only: second derivatives (double backward, e.g. "
+            f"{ctx.function} supports first derivatives only: second derivatives (double backward, e.g. "
             "torch.autograd.grad(..., create_graph=True) followed by another backward) are not implemented"
         )
+
+
+def first_derivatives_only(grad: Tensor, function: str, *inputs: Tensor) -> Tensor:
+    """``grad``, a first derivative of ``function`` at ``inputs``, marked so that differentiating it raises.
+
+    Called in the backward of an autograd function that implements first derivatives only. Under
+    ``create_graph`` the returned gradient would otherwise silently miss the second-order terms: it is linked to
+    ``inputs`` instead through an identity whose backward raises a ``RuntimeError`` naming ``function``. Without
+    grad mode (a plain ``backward()``) ``grad`` is returned as is.
+
+    Args:
+        grad: A gradient computed by the backward.
+        function: The public name of the function, for the message.
+        *inputs: The function's tensor arguments.
+
+    Returns:
+        ``grad`` (a copy when grad mode is on).
+
+    Example:
+        >>> import torch
+        >>> a = torch.tensor([2.0], requires_grad=True)
+        >>> with torch.enable_grad():
+        ...     g = first_derivatives_only(torch.ones(1), "betainc", a)
+        >>> g.sum().backward()  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        RuntimeError: betainc supports first derivatives only: second derivatives (double backward, e.g. ...
+    """
+    if not torch.is_grad_enabled():
+        return grad
+    out: Tensor = _NoDoubleBackward.apply(grad, function, *inputs)  # type: ignore[no-untyped-call]  # unannotated in torch
+    return out
 
 
 def evaluate(a: Tensor, b: Tensor, x: Tensor, plan: Plan) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -248,9 +288,7 @@ class BetaincFunction(torch.autograd.Function):
                 out = out.view(out_shape)
             if out.shape != ctx.shapes[i]:
                 out = out.sum_to_size(ctx.shapes[i])
-            out = _finite_cast(out, ctx.dtypes[i])
-            # Under create_graph the result would silently miss the second-order terms: make that an error.
-            if torch.is_grad_enabled():
-                out = _NoDoubleBackward.apply(out, a, b, x)  # type: ignore[no-untyped-call]  # unannotated in torch
-            grads.append(out)
+            # Saturated in a narrower dtype; float64's infinite limits are kept.
+            out = saturate(out, ctx.dtypes[i], keep_same_dtype=True)
+            grads.append(first_derivatives_only(out, "betainc", a, b, x))
         return grads[0], grads[1], grads[2], None

@@ -1,18 +1,20 @@
 r"""Public special functions: `betainc` with its three gradients, `betaln`, `beta_log_prob`.
 
 This module coerces and checks the arguments (Python numbers, integer tensors, mixed floating dtypes, broadcast
-shapes) and hands float64 work to the operator layer (`gbs_loss.special._op`) and its backends. Errors
-name the argument, what was expected and what was received.
+shapes) with the library's shared rules (`gbs_loss._coerce.as_float_tensors`) and hands float64 work to the
+operator layer (`gbs_loss.special._op`) and its backends. Errors name the argument, what was expected and what
+was received.
 """
 
 from __future__ import annotations
 
 import math
-from numbers import Number
 
 import torch
 from torch import Tensor
 
+from gbs_loss._coerce import as_float_tensors
+from gbs_loss._dtypes import LOW_PRECISION, float_dtype
 from gbs_loss._shapes import broadcast_shapes
 from gbs_loss.special._gamma import betaln64
 from gbs_loss.special._op import BetaincFunction, evaluate
@@ -21,85 +23,37 @@ from gbs_loss.special._prefactor import lambda_dd, log_prefactor
 __all__ = ["beta_log_prob", "betainc", "betaln"]
 
 
-def _coerce(names: tuple[str, ...], values: tuple[Tensor | float, ...]) -> tuple[list[Tensor], torch.dtype, torch.Size]:
-    """Check and convert arguments: tensors on one device, the promoted floating dtype, the broadcast shape.
-
-    Floating tensors keep their own dtype (so that each gradient saturates in its own dtype); numbers and integer
-    tensors become tensors of the promoted floating dtype (the default dtype when no argument is floating).
-
-    Raises:
-        TypeError: an argument is not a real number or a real, non-boolean tensor.
-        ValueError: tensors on several devices, or shapes that do not broadcast together.
-    """
-    dtype = None
-    device = None  # of the first tensor with dimensions: all of those must agree
-    scalar_device = None  # of the first 0-dimensional tensor, used when no tensor has dimensions
-    for name, value in zip(names, values, strict=True):
-        if isinstance(value, Tensor):
-            if value.is_floating_point():
-                dtype = value.dtype if dtype in (None, value.dtype) else torch.promote_types(dtype, value.dtype)
-            elif value.dtype == torch.bool or value.is_complex():
-                raise TypeError(
-                    f"{name} must be a real floating-point or integer tensor or a number, got a tensor of dtype "
-                    f"{value.dtype}"
-                )
-            if value.dim() == 0:
-                scalar_device = value.device if scalar_device is None else scalar_device
-            elif device is None:
-                device = value.device
-            elif value.device != device:
-                found = ", ".join(
-                    f"{n}: {v.device}" for n, v in zip(names, values, strict=True) if isinstance(v, Tensor)
-                )
-                raise ValueError(f"all tensor arguments must be on one device, got {found}")
-        elif isinstance(value, bool) or not isinstance(value, Number) or isinstance(value, complex):
-            raise TypeError(f"{name} must be a real tensor or number (not bool or complex), got {type(value).__name__}")
-    if dtype is None:
-        dtype = torch.get_default_dtype()
-    if device is None:
-        device = scalar_device if scalar_device is not None else torch.device("cpu")
-    tensors = [
-        (v if v.is_floating_point() else v.to(dtype))
-        if isinstance(v, Tensor)
-        else torch.tensor(float(v), dtype=dtype, device=device)
-        for v in values
-    ]
-    tensors = [t if t.device == device else t.to(device) for t in tensors]
-    try:
-        shape = broadcast_shapes(*(t.shape for t in tensors))
-    except RuntimeError:
-        found = ", ".join(f"{n}: {tuple(t.shape)}" for n, t in zip(names, tensors, strict=True))
-        raise ValueError(f"{', '.join(names)} must have shapes that broadcast together, got {found}") from None
-    return tensors, dtype, shape
-
-
-_FLOATING = frozenset((torch.float64, torch.float32, torch.float16, torch.bfloat16))
+_FLOATING = LOW_PRECISION | {torch.float32, torch.float64}
 
 
 def _coerce3(a: Tensor | float, b: Tensor | float, x: Tensor | float) -> tuple[list[Tensor], torch.dtype, torch.Size]:
-    """`_coerce` for ``betainc``, with a shortcut for the common call: three tensors of one floating dtype
-    on one device (no conversion; the shape check only where the shapes differ)."""
+    """The arguments of ``betainc`` as tensors (not broadcast), their promoted dtype and their broadcast shape.
+
+    `gbs_loss._coerce.as_float_tensors` (which raises the errors), with a shortcut for the common calls: three
+    floating tensors on one device (one dtype, or parameters of another dtype, as the priors pass them) need no
+    conversion, and a shape check only where their shapes differ (about 2 us instead of 15 us or more, on a
+    call of about 300 us at 196 points).
+    """
     if (
         isinstance(a, Tensor)
         and isinstance(b, Tensor)
         and isinstance(x, Tensor)
-        and a.dtype is x.dtype
-        and b.dtype is x.dtype
+        and a.dtype in _FLOATING
+        and b.dtype in _FLOATING
         and x.dtype in _FLOATING
         and a.device == x.device
         and b.device == x.device
     ):
+        # as_float_tensors' promotion: 0-dimensional floating tensors take part.
+        dtype = x.dtype if a.dtype is x.dtype and b.dtype is x.dtype else float_dtype(a, b, x)
         if a.shape == x.shape and b.shape == x.shape:
-            return [a, b, x], x.dtype, x.shape
+            return [a, b, x], dtype, x.shape
         try:
-            return [a, b, x], x.dtype, broadcast_shapes(a.shape, b.shape, x.shape)
+            return [a, b, x], dtype, broadcast_shapes(a.shape, b.shape, x.shape)
         except RuntimeError:
             pass  # the general path raises the error with its message
-    return _coerce(("a", "b", "x"), (a, b, x))
-
-
-def _broadcast(tensors: list[Tensor], shape: torch.Size) -> list[Tensor]:
-    return [t if t.shape == shape else t.expand(shape) for t in tensors]
+    tensors, dtype = as_float_tensors({"a": a, "b": b, "x": x}, broadcast=False)
+    return tensors, dtype, broadcast_shapes(*(t.shape for t in tensors))
 
 
 def _shares_trailing(ab_shape: torch.Size, out_shape: torch.Size) -> bool:
@@ -197,8 +151,7 @@ def betaln(a: Tensor | float, b: Tensor | float) -> Tensor:
         >>> betaln(torch.tensor([0.5, 1e5], dtype=torch.float64), 2.0)
         tensor([  0.2877, -23.0259], dtype=torch.float64)
     """
-    (a_t, b_t), dtype, shape = _coerce(("a", "b"), (a, b))
-    a_t, b_t = _broadcast([a_t, b_t], shape)
+    (a_t, b_t), dtype = as_float_tensors({"a": a, "b": b})
     a64, b64 = a_t.to(torch.float64), b_t.to(torch.float64)
     valid = (a64 > 0) & (b64 > 0)
     one = torch.ones_like(a64)
@@ -236,8 +189,7 @@ def beta_log_prob(x: Tensor | float, a: Tensor | float, b: Tensor | float) -> Te
         >>> beta_log_prob(torch.tensor([0.25, 0.5], dtype=torch.float64), 2.0, 2.0).exp()
         tensor([1.1250, 1.5000], dtype=torch.float64)
     """
-    (x_t, a_t, b_t), dtype, shape = _coerce(("x", "a", "b"), (x, a, b))
-    x_t, a_t, b_t = _broadcast([x_t, a_t, b_t], shape)
+    (x_t, a_t, b_t), dtype = as_float_tensors({"x": x, "a": a, "b": b})
     x64, a64, b64 = (t.to(torch.float64) for t in (x_t, a_t, b_t))
     valid = (a64 > 0) & (b64 > 0) & torch.isfinite(a64) & torch.isfinite(b64) & ~torch.isnan(x64)
     interior = valid & (x64 > 0) & (x64 < 1)

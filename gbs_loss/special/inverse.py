@@ -67,11 +67,15 @@ References:
 from __future__ import annotations
 
 import math
-from numbers import Number
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from gbs_loss._coerce import as_float_tensors
+from gbs_loss._dtypes import saturate
+from gbs_loss.special._op import first_derivatives_only
+from gbs_loss.special.api import betaln
 
 __all__ = ["betaincinv"]
 
@@ -88,18 +92,10 @@ _Z_COMPLEMENT = 1e-6
 def _backend() -> Any:
     """The ``betainc`` operator that returns the value and its three partials: ``(I, dI/da, dI/db, dI/dx)``.
 
-    Looked up at call time (``gbs_loss.special`` registers it on import), so whatever backend ``betainc`` uses
-    on a device is used here too, and this module never imports ``gbs_loss.special`` at import time.
+    Registered by `gbs_loss.special._op` (imported above) and looked up at call time, so whatever backend
+    ``betainc`` uses on a device is used here too.
     """
-    import gbs_loss.special  # noqa: F401  (registers torch.ops.gbs_loss.betainc_with_grads)
-
     return torch.ops.gbs_loss.betainc_with_grads
-
-
-def _betaln(a: Tensor, b: Tensor) -> Tensor:
-    from gbs_loss.special import betaln
-
-    return betaln(a, b)
 
 
 def _evaluate(p: Tensor, q: Tensor, z: Tensor, side: Tensor) -> tuple[Tensor, Tensor]:
@@ -245,7 +241,7 @@ def _solve(a: Tensor, b: Tensor, y: Tensor, steps: int = _STEPS) -> tuple[Tensor
     p = torch.where(upper, b_s, a_s)
     q = torch.where(upper, a_s, b_s)
     log_tau = torch.log(tau_s)
-    lbeta = _betaln(p, q)
+    lbeta = betaln(p, q)
     u = _initial(p, q, tau_s, lbeta)
     lo = torch.full_like(u, -_U_MAX)
     hi = torch.full_like(u, _U_MAX)
@@ -335,28 +331,6 @@ def _(a: Tensor, b: Tensor, y: Tensor, grads: bool) -> tuple[Tensor, Tensor, Ten
     return x, x.new_empty(shape), x.new_empty(shape), x.new_empty(shape)
 
 
-class _NoDoubleBackward(torch.autograd.Function):
-    """Identity whose backward raises: the first derivatives of `betaincinv` are not differentiable."""
-
-    @staticmethod
-    def forward(ctx: Any, t: Tensor, *inputs: Tensor) -> Tensor:
-        return t.clone()
-
-    @staticmethod
-    def backward(ctx: Any, *grads: Tensor) -> Any:
-        raise RuntimeError(
-            "betaincinv supports first derivatives only: second derivatives (double backward, e.g. "
-            "torch.autograd.grad(..., create_graph=True) followed by another backward) are not implemented"
-        )
-
-
-def _saturate(t: Tensor, dtype: torch.dtype) -> Tensor:
-    if dtype == torch.float64:
-        return t
-    big = torch.finfo(dtype).max
-    return t.clamp(-big, big).to(dtype)
-
-
 class _BetaincinvFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, a: Tensor, b: Tensor, y: Tensor, dtype: torch.dtype) -> Tensor:
@@ -377,50 +351,10 @@ class _BetaincinvFunction(torch.autograd.Function):
                 continue
             # Where the incoming gradient is zero, a zero (not 0 * inf = NaN) goes out.
             d = torch.where(g == 0, torch.zeros_like(g), g * deriv)
-            d = _saturate(d, arg.dtype)
-            out.append(
-                _NoDoubleBackward.apply(d, *ctx.inputs)  # type: ignore[no-untyped-call]
-                if torch.is_grad_enabled()
-                else d
-            )
+            # Saturated in a narrower dtype; float64's infinite limits (1 / f at an end) are kept.
+            d = saturate(d, arg.dtype, keep_same_dtype=True)
+            out.append(first_derivatives_only(d, "betaincinv", *ctx.inputs))
         return (*out, None)
-
-
-def _coerce(names: tuple[str, ...], values: tuple[Any, ...]) -> tuple[list[Tensor], torch.dtype]:
-    """Check and convert the arguments: real tensors or numbers on one device; broadcast; promoted dtype."""
-    tensors: list[Tensor | float] = []
-    for name, value in zip(names, values, strict=True):
-        if isinstance(value, Tensor):
-            if value.is_complex() or value.dtype == torch.bool:
-                raise TypeError(f"{name} must be a real floating or integer tensor or number, got dtype {value.dtype}")
-            tensors.append(value)
-        elif isinstance(value, Number) and not isinstance(value, (complex, bool)):
-            tensors.append(float(value))  # type: ignore[arg-type]
-        else:
-            raise TypeError(f"{name} must be a real tensor or number, got {type(value).__name__}")
-    float_dtypes = [t.dtype for t in tensors if isinstance(t, Tensor) and t.is_floating_point()]
-    dtype = float_dtypes[0] if float_dtypes else torch.get_default_dtype()
-    for dt in float_dtypes[1:]:
-        dtype = torch.promote_types(dtype, dt)
-    devices = {t.device for t in tensors if isinstance(t, Tensor) and t.dim() > 0}
-    if len(devices) > 1:
-        found = ", ".join(f"{n}: {t.device}" for n, t in zip(names, tensors, strict=True) if isinstance(t, Tensor))
-        raise ValueError(f"all tensor arguments must be on one device, got {found}")
-    device = next(iter(devices), None)
-    if device is None:
-        device = next((t.device for t in tensors if isinstance(t, Tensor)), torch.device("cpu"))
-    converted = [
-        t.to(device=device, dtype=t.dtype if t.is_floating_point() else dtype)
-        if isinstance(t, Tensor)
-        else torch.tensor(t, dtype=dtype, device=device)
-        for t in tensors
-    ]
-    try:
-        shape = torch.broadcast_shapes(*(t.shape for t in converted))  # type: ignore[no-untyped-call]
-    except RuntimeError:
-        found = ", ".join(f"{n}: {tuple(t.shape)}" for n, t in zip(names, converted, strict=True))
-        raise ValueError(f"{', '.join(names)} must have shapes that broadcast together, got {found}") from None
-    return [t.expand(shape) for t in converted], dtype
 
 
 def betaincinv(a: Tensor | float, b: Tensor | float, y: Tensor | float) -> Tensor:
@@ -482,6 +416,6 @@ def betaincinv(a: Tensor | float, b: Tensor | float, y: Tensor | float) -> Tenso
         >>> y.grad.shape
         torch.Size([3])
     """
-    (a_t, b_t, y_t), dtype = _coerce(("a", "b", "y"), (a, b, y))
+    (a_t, b_t, y_t), dtype = as_float_tensors({"a": a, "b": b, "y": y})
     result: Tensor = _BetaincinvFunction.apply(a_t, b_t, y_t, dtype)  # type: ignore[no-untyped-call]
     return result
