@@ -226,18 +226,9 @@ class Bench:
                     dtype = DTYPES[dname]
                     a, b, x = (t.to(dtype) for t in (a64, b64, x64))
 
-                    def kernel(a=a64, b=b64, x=x64):
+                    def kernel(a=a, b=b, x=x):
+                        # float32 and float64 are read and written by the kernel itself (computed in float64).
                         return triton_backend.betainc_with_grads(a, b, x)
-
-                    if dname == "float64":  # the kernel computes in float64 whatever the input dtype
-                        self.record(
-                            "betainc",
-                            "gbs_loss kernel (value + 3 grads)",
-                            dname,
-                            region,
-                            n,
-                            lambda kernel=kernel: self.timer.torch_time(kernel),
-                        )
 
                     def fwd_bwd(a=a, b=b, x=x):
                         ar, br, xr = (t.detach().requires_grad_() for t in (a, b, x))
@@ -246,36 +237,26 @@ class Bench:
                             out.backward(torch.ones_like(out))
                         return out
 
-                    self.record(
-                        "betainc",
-                        "gbs_loss fwd+bwd (value + 3 grads)",
-                        dname,
-                        region,
-                        n,
-                        lambda fwd_bwd=fwd_bwd: self.timer.torch_time(fwd_bwd),
-                    )
+                    def row(label, measure, dname=dname, region=region, n=n):
+                        self.record("betainc", label, dname, region, n, measure)
+
+                    row("gbs_loss kernel (value + 3 grads)", lambda kernel=kernel: self.timer.torch_time(kernel))
+                    row("gbs_loss fwd+bwd (value + 3 grads)", lambda fwd_bwd=fwd_bwd: self.timer.torch_time(fwd_bwd))
+                    # Forward-only baselines on the same points: (label, arrays, function, synchronisation).
+                    baselines = []
                     if cupy is not None and self.device.type == "cuda":
-                        ca, cb, cx = (cupy.from_dlpack(t.detach()) for t in (a, b, x))
-                        self.record(
-                            "betainc",
-                            "cupy forward (value only)",
-                            dname,
-                            region,
-                            n,
-                            lambda ca=ca, cb=cb, cx=cx: self.timer.wall_time(
-                                lambda: cupy_betainc(ca, cb, cx), lambda r: cupy.cuda.get_current_stream().synchronize()
-                            ),
+                        arrays = tuple(cupy.from_dlpack(t.detach()) for t in (a, b, x))
+                        baselines.append(
+                            ("cupy", arrays, cupy_betainc, lambda r: cupy.cuda.get_current_stream().synchronize())
                         )
                     if jax is not None:
-                        ja, jb, jx = (jax.device_put(t.detach().cpu().numpy(), jax_device) for t in (a, b, x))
-                        self.record(
-                            "betainc",
-                            "jax forward (value only)",
-                            dname,
-                            region,
-                            n,
-                            lambda ja=ja, jb=jb, jx=jx: self.timer.wall_time(
-                                lambda: jax_betainc(ja, jb, jx), lambda r: r.block_until_ready()
+                        arrays = tuple(jax.device_put(t.detach().cpu().numpy(), jax_device) for t in (a, b, x))
+                        baselines.append(("jax", arrays, jax_betainc, lambda r: r.block_until_ready()))
+                    for name, (ba, bb, bx), fn, sync in baselines:
+                        row(
+                            f"{name} forward (value only)",
+                            lambda ba=ba, bb=bb, bx=bx, fn=fn, sync=sync: self.timer.wall_time(
+                                lambda: fn(ba, bb, bx), sync
                             ),
                         )
                 del a64, b64, x64

@@ -271,20 +271,45 @@ _REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}  # ATen's Reduction enum, fo
 def _fused_forward(
     x: Tensor, dim: int, reduction: str, nonnegative: bool, kernel: CdfKernel, params: tuple[Tensor, ...]
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
-    """The forward of :class:`_FusedShaping`: ``(loss, indices, cdf, ecdf, saved)``."""
+    """The forward of :class:`_FusedShaping`: ``(loss, indices, cdf, ecdf, saved)``.
+
+    ``ecdf`` is ``i/(N+1)`` of size ``N`` along ``dim`` and 1 elsewhere (it broadcasts against ``cdf``).
+    """
     xs, indices = _sorting.sort(x, dim, nonnegative)
     n = x.shape[dim]
     cdf, saved = kernel.cdf(xs, *params)
     shape = [1] * x.dim()
     shape[dim] = n
-    ecdf = torch.arange(1, n + 1, dtype=cdf.dtype, device=cdf.device).div_(n + 1).reshape(shape).expand_as(cdf)
+    ecdf = torch.arange(1, n + 1, dtype=cdf.dtype, device=cdf.device).div_(n + 1).view(shape)
+    # The squared distances in place in one temporary (what mse_loss computes, without its broadcast target).
+    sq = torch.sub(cdf, ecdf).square_()
     if reduction == "none":
-        loss = torch.nn.functional.mse_loss(cdf, ecdf, reduction="none").mean(dim)
-    elif reduction == "sum":
-        loss = torch.nn.functional.mse_loss(cdf, ecdf, reduction="sum") / n
+        loss = sq.mean(dim)
     else:
-        loss = torch.nn.functional.mse_loss(cdf, ecdf, reduction="mean")
+        loss = sq.sum().div_(sq.numel() if reduction == "mean" else n)
     return loss, indices, cdf, ecdf, saved
+
+
+def _unsort(src: Tensor, indices: Tensor, dim: int) -> Tensor:
+    """``empty_like(src).scatter_(dim, indices, src)``: values in sorted order back to the original order.
+
+    On CPU, for a batch along any dim but the last, the scatter is done along one flat dimension, with the flat
+    positions computed in one pass over the indices: for a 256 x 196 batch along dim 0 on one thread, 0.17 ms
+    in all against 0.31 ms for ``scatter_`` along ``dim``.
+    """
+    shape = indices.shape
+    inner = math.prod(shape[dim + 1 :])
+    if src.device.type != "cpu" or inner == 1 or src.shape != shape:
+        return torch.empty_like(src).scatter_(dim, indices, src)
+    n, outer = shape[dim], math.prod(shape[:dim])
+    # The flat position of element (a, i, b) of a contiguous (outer, n, inner) tensor is a n inner + i inner + b.
+    base = torch.arange(inner, device=src.device)
+    if outer > 1:
+        base = torch.arange(0, outer * n * inner, n * inner, device=src.device).view(outer, 1, 1) + base
+    flat = torch.add(base, indices.reshape(outer, n, inner), alpha=inner)
+    out = torch.empty(src.numel(), dtype=src.dtype, device=src.device)
+    # reshape, not view: the indices and src may have any layout (a copy then); the output is contiguous.
+    return out.scatter_(0, flat.reshape(-1), src.reshape(-1)).view(shape)
 
 
 class _FusedShaping(torch.autograd.Function):
@@ -305,9 +330,8 @@ class _FusedShaping(torch.autograd.Function):
         ctx: Any, x: Tensor, dim: int, reduction: str, nonnegative: bool, kernel: CdfKernel, *params: Tensor
     ) -> Tensor:
         loss, indices, cdf, ecdf, saved = _fused_forward(x, dim, reduction, nonnegative, kernel, params)
-        n = x.shape[dim]
         ctx.save_for_backward(indices, cdf, ecdf, *saved)
-        ctx.dim, ctx.reduction, ctx.n, ctx.kernel = dim, reduction, n, kernel
+        ctx.dim, ctx.reduction, ctx.n, ctx.kernel = dim, reduction, x.shape[dim], kernel
         ctx.shapes = tuple(p.shape for p in params)
         ctx.dtypes = tuple(p.dtype for p in params)
         return loss
@@ -317,16 +341,18 @@ class _FusedShaping(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         indices, cdf, ecdf, *saved = ctx.saved_tensors
         dim, reduction, n = ctx.dim, ctx.reduction, ctx.n
-        # dL/dF = 2 (F - ecdf) g / M (mean), 2 (F - ecdf) g / n (sum; "none": per position).
+        # dL/dF = 2 (F - ecdf) g / M (mean), 2 (F - ecdf) g / n (sum; "none": per position), in one pass into a
+        # buffer that is not filled with zeros first (as aten's mse_loss_backward does).
         if reduction == "none":
-            g_cdf = torch.ops.aten.mse_loss_backward((grad / n).unsqueeze(dim), cdf, ecdf, _REDUCTION_CODES["none"])
+            scale, code = (grad / n).unsqueeze(dim), _REDUCTION_CODES["none"]
         elif reduction == "sum":
-            g_cdf = torch.ops.aten.mse_loss_backward(grad / n, cdf, ecdf, _REDUCTION_CODES["sum"])
+            scale, code = grad / n, _REDUCTION_CODES["sum"]
         else:
-            g_cdf = torch.ops.aten.mse_loss_backward(grad, cdf, ecdf, _REDUCTION_CODES["mean"])
+            scale, code = grad, _REDUCTION_CODES["mean"]
+        g_cdf = torch.ops.aten.mse_loss_backward.grad_input(scale, cdf, ecdf, code, grad_input=torch.empty_like(cdf))
         needs = (ctx.needs_input_grad[0], *ctx.needs_input_grad[5:])
         gxs, *gparams = ctx.kernel.grads(g_cdf, tuple(saved), needs, make_reduce(ctx.shapes, ctx.dtypes))
-        gx = None if gxs is None else torch.empty_like(gxs).scatter_(dim, indices, gxs)
+        gx = None if gxs is None else _unsort(gxs, indices, dim)
         return (gx, None, None, None, None, *gparams)
 
 
@@ -337,7 +363,9 @@ def _in_layout(param: Tensor, positions: int, dim: int) -> Tensor:
     """
     if param.dim() == 0:
         return param
-    return param.reshape((1,) * (positions - param.dim()) + tuple(param.shape)).unsqueeze(dim)
+    shape = [1] * (positions - param.dim()) + list(param.shape)
+    shape.insert(dim, 1)
+    return param.reshape(shape)  # one view (one autograd node), not a reshape and an unsqueeze
 
 
 def _closed_form(prior: object) -> ClosedFormCdf | None:

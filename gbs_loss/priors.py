@@ -129,14 +129,19 @@ def sum_to_shape(t: Tensor, shape: torch.Size, nan_as_zero: bool) -> Tensor:
     lead = t.dim() - len(shape)
     dims = list(range(lead)) + [lead + i for i, n in enumerate(shape) if n == 1 and t.shape[lead + i] != 1]
     reduce = torch.nansum if nan_as_zero else torch.sum
-    return reduce(t, dim=dims, keepdim=True).reshape(shape)
+    out = reduce(t, dim=dims, keepdim=True)
+    return out if out.shape == shape else out.reshape(shape)
 
 
 def make_reduce(shapes: tuple[torch.Size, ...], dtypes: tuple[torch.dtype, ...]) -> Reduce:
     """The ``reduce`` a :class:`CdfKernel` receives for parameters of ``shapes`` and ``dtypes``."""
 
     def reduce(index: int, g: Tensor, nan_as_zero: bool) -> Tensor:
-        return saturate(sum_to_shape(g, shapes[index], nan_as_zero), dtypes[index])
+        summed, dtype = sum_to_shape(g, shapes[index], nan_as_zero), dtypes[index]
+        if summed.dtype != dtype:
+            return saturate(summed, dtype)
+        big = torch.finfo(dtype).max
+        return summed.clamp(-big, big)  # saturate without a cast to the same dtype (a new tensor, as saturate's)
 
     return reduce
 
@@ -182,7 +187,8 @@ def _relaxed_bernoulli_cdf(x: Tensor, t: Tensor, u: Tensor) -> tuple[Tensor, tup
     # kept above 0 so that the CDF is exactly 0 or 1 there.
     lx = torch.logit(x, eps=0.0)
     t_pos = t.clamp_min(torch.finfo(t.dtype).tiny)
-    cdf = torch.sigmoid(torch.addcmul(-u, t_pos, lx))
+    # The sigmoid overwrites the argument, a tensor of its own: one allocation fewer.
+    cdf = torch.addcmul(-u, t_pos, lx).sigmoid_()
     return cdf, (x, cdf, lx, t_pos)
 
 
@@ -190,24 +196,27 @@ def _relaxed_bernoulli_grads(
     grad: Tensor, saved: tuple[Tensor, ...], needs: tuple[bool, ...], reduce: Reduce
 ) -> tuple[Tensor | None, ...]:
     x, cdf, lx, t_pos = saved
-    # dF/dz = F (1 - F): exactly 0 at the ends, where F is exactly 0 or 1.
+    # dF/dz = F (1 - F): exactly 0 at the ends, where F is exactly 0 or 1. gz is a new tensor, which the
+    # gradient with respect to x overwrites once the parameters' sums are taken.
     gz = torch.ops.aten.sigmoid_backward(grad, cdf)
     gx = gt = gu = None
-    if needs[0]:
-        # dz/dx = t / (x (1 - x)), 0 outside [0, 1]; at the ends 0 / 0 = NaN, set to the convention 0.
-        # A huge temperature makes the density overflow near the median: saturate there.
-        big = torch.finfo(gz.dtype).max
-        gx = torch.ops.aten.logit_backward(gz * t_pos, x, 0.0).nan_to_num_(nan=0.0, posinf=big, neginf=-big)
     if needs[1]:
         # dz/dt = logit(x), infinite at the ends where gz is 0: those NaN products count as 0.
         gt = reduce(0, gz * lx, True)
     if needs[2]:
         gu = reduce(1, gz, False).neg()
+    if needs[0]:
+        # dz/dx = t / (x (1 - x)), 0 outside [0, 1]; at the ends 0 / 0 = NaN, set to the convention 0.
+        # A huge temperature makes the density overflow near the median: saturate there. All in place.
+        big = torch.finfo(gz.dtype).max
+        gx = gz.mul_(t_pos)
+        gx = torch.ops.aten.logit_backward.grad_input(gx, x, 0.0, grad_input=gx)
+        gx = gx.nan_to_num_(nan=0.0, posinf=big, neginf=-big)
     return gx, gt, gu
 
 
-#: ``sigmoid(t * logit(x) - u)``, parameters ``(temperature, logits)``. Four elementwise passes forward, about
-#: six backward.
+#: ``sigmoid(t * logit(x) - u)``, parameters ``(temperature, logits)``. Three elementwise passes forward
+#: (logit, the product, the sigmoid in place), seven backward (three of them in place).
 RELAXED_BERNOULLI_CDF = CdfKernel(_relaxed_bernoulli_cdf, _relaxed_bernoulli_grads)
 
 

@@ -300,6 +300,40 @@ def test_empty_input() -> None:
     assert all(o.shape == (0,) for o in outs)
 
 
+def _float32_points() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float32 points over wide parameters, with ends, invalid inputs and a density beyond float32's range."""
+    gen = torch.Generator().manual_seed(21)
+    a = torch.exp(torch.empty(400, dtype=F64).uniform_(-7, 11, generator=gen))
+    b = torch.exp(torch.empty(400, dtype=F64).uniform_(-7, 11, generator=gen))
+    x = torch.rand(400, dtype=F64, generator=gen)
+    extra_a = t64([0.001, 2.0, 1.0, -1.0, 2.0, 3.0])
+    extra_b = t64([5.0, 3.0, 4.0, 2.0, 2.0, 0.001])
+    extra_x = t64([2.0**-149, 0.0, 0.0, 0.5, float("nan"), 1.0 - 2.0**-24])
+    return (torch.cat([a, extra_a]).float(), torch.cat([b, extra_b]).float(), torch.cat([x, extra_x]).float())
+
+
+@needs_native
+def test_float32_is_float64_rounded_once() -> None:
+    """float32 in, float32 out: the float64 results rounded once, derivatives saturated at float32's largest."""
+    a, b, x = _float32_points()
+    got = native.betainc_with_grads(a, b, x)
+    ref = native.betainc_with_grads(a.double(), b.double(), x.double())
+    big = torch.finfo(torch.float32).max
+    for i, (g, r) in enumerate(zip(got, ref, strict=True)):
+        assert g.dtype == torch.float32 and g.is_contiguous()
+        want = r.float() if i == 0 else r.clamp(-big, big).float()
+        torch.testing.assert_close(g, want, rtol=0, atol=0, equal_nan=True)
+    assert got[3][400] == big  # the density at x = 2^-149 (float32 subnormal) with a = 0.001 is beyond float32
+
+
+@needs_native
+def test_float32_agrees_with_the_torch_backend() -> None:
+    a, b, x = _float32_points()
+    for g, r in zip(native.betainc_with_grads(a, b, x), torch_ops.betainc_with_grads(a, b, x), strict=True):
+        assert r.dtype == torch.float32
+        torch.testing.assert_close(g, r, rtol=2.0**-23, atol=0, equal_nan=True)
+
+
 @needs_native
 def test_contract_violations_raise() -> None:
     a = t64([1.0, 2.0])
@@ -412,3 +446,13 @@ def test_switch_point_of_the_kernel_follows_the_constants(monkeypatch: pytest.Mo
     monkeypatch.setattr(_constants, "LARGE", 12.0)
     assert not native.available()
     assert "LARGE" in native.unavailable_reason()
+
+
+def test_isa_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """-mavx only on x86-64 processors that list avx; never elsewhere."""
+    flags = _build.isa_flags()
+    assert flags in ((), ("-mavx",))
+    if flags:
+        assert Path("/proc/cpuinfo").read_text().count(" avx") > 0
+    monkeypatch.setattr(_build.platform, "machine", lambda: "arm64")
+    assert _build.isa_flags() == ()

@@ -229,6 +229,23 @@ def test_float32_public_api():
     check_backend_against_oracle("triton", torch.float32, per_region=3, label="triton (interpreted)")
 
 
+def test_float32_in_and_out():
+    """float32 in, float32 out (read and written by the kernel): the float64 results rounded once, derivatives
+    saturated at float32's largest value, within an ulp of the torch reference."""
+    a = torch.tensor([0.5, 2.0, 7.5, 0.001, 3.0, -1.0, 2.0], dtype=torch.float32)
+    b = torch.tensor([0.5, 3.0, 120.0, 5.0, 0.002, 2.0, 2.0], dtype=torch.float32)
+    x = torch.tensor([0.25, 0.5, 0.05, 2.0**-149, 0.875, 0.5, float("nan")], dtype=torch.float32)
+    got = triton_backend.betainc_with_grads(a, b, x)
+    ref = triton_backend.betainc_with_grads(a.double(), b.double(), x.double())
+    reference = torch_ops.betainc_with_grads(a, b, x)
+    big = torch.finfo(torch.float32).max
+    for i, (g, r, t) in enumerate(zip(got, ref, reference, strict=True)):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, (r if i == 0 else r.clamp(-big, big)).float(), rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(g, t, rtol=2.0**-23, atol=0, equal_nan=True)
+    assert got[3][3] == big
+
+
 def test_gradcheck():
     """gradcheck through the public betainc with the Triton backend forced (fast mode: a few launches)."""
     # Rows a, b, x of one input (fewer evaluations in fast mode); the second point takes the complement series.
@@ -319,11 +336,16 @@ def profile_counts(fn) -> tuple[int, int, list[str]]:
     return launches, len(leaves), leaves
 
 
-def test_launch_count_betainc_forward_backward():
-    """One forward + backward: at most 3 Triton launches and at most 40 other leaf aten operators."""
-    a = torch.tensor(2.0, dtype=F64, requires_grad=True)
-    b = torch.tensor(3.0, dtype=F64, requires_grad=True)
-    x = torch.rand(1000, dtype=F64, generator=torch.Generator().manual_seed(0)).requires_grad_()
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "elementwise"])
+def test_launch_count_betainc_forward_backward(dtype, shared):
+    """One forward + backward: at most 3 Triton launches and at most 40 other leaf aten operators, in float64 and
+    in float32 (which the kernel reads and writes itself), with scalar parameters and elementwise ones."""
+    gen = torch.Generator().manual_seed(0)
+    shape = () if shared else (1000,)
+    a = torch.full(shape, 2.0, dtype=dtype).requires_grad_()
+    b = torch.full(shape, 3.0, dtype=dtype).requires_grad_()
+    x = torch.rand(1000, dtype=dtype, generator=gen).requires_grad_()
 
     def step():
         betainc(a, b, x).sum().backward()

@@ -437,6 +437,69 @@ class TestDtypes:
         assert betainc(torch.tensor([2.0]), 3.0, 0.5).dtype == torch.float32
 
 
+class TestPlainPath:
+    """The short path of the common call (three contiguous 1-D tensors of one length and dtype) against the
+    general one, on every backend that runs here."""
+
+    @staticmethod
+    def _general(a, b, x):
+        from gbs_loss.special._op import BetaincFunction
+
+        return BetaincFunction.apply(a, b, x, (x.shape, a.shape, False, x.dtype))
+
+    @pytest.mark.parametrize("backend", ["torch", "native"])
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+    def test_equals_general_path(self, backend, dtype):
+        if not backends.available(backend):
+            pytest.skip(f"backend {backend} unavailable")
+        gen = torch.Generator().manual_seed(9)
+        a = (torch.rand(300, generator=gen, dtype=F64) * 8 + 0.01).to(dtype)
+        b = (torch.rand(300, generator=gen, dtype=F64) * 8 + 0.01).to(dtype)
+        x = torch.rand(300, generator=gen, dtype=F64).to(dtype)
+        results = []
+        with backends.use(backend):
+            for fn in (betainc, self._general):
+                leaves = [t.clone().requires_grad_() for t in (a, b, x)]
+                out = fn(*leaves)
+                grads = torch.autograd.grad(out, leaves, torch.linspace(-2, 3, 300, dtype=dtype))
+                results.append((out.grad_fn.name(), out.detach(), grads))
+        assert results[0][0] == "PlainBetaincFunctionBackward" and results[1][0] == "BetaincFunctionBackward"
+        torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=0)
+        for g0, g1 in zip(results[0][2], results[1][2], strict=True):
+            assert g0.dtype == dtype
+            torch.testing.assert_close(g0, g1, rtol=0, atol=0)
+
+    def test_float32_gradient_saturates(self):
+        # a = 0.5 at x = 1e-30: dI/dx ~ 1e15 / ... beyond float32 times a gradient of 1e30.
+        a = torch.tensor([0.5, 2.0], requires_grad=True)
+        b = torch.tensor([0.5, 3.0], requires_grad=True)
+        x = torch.tensor([1e-30, 0.5], requires_grad=True)
+        out = betainc(a, b, x)
+        assert out.grad_fn.name() == "PlainBetaincFunctionBackward"
+        (g_x,) = torch.autograd.grad(out, (x,), torch.tensor([1e30, 1.0]))
+        assert torch.isfinite(g_x).all() and g_x[0] == torch.finfo(torch.float32).max
+
+    def test_second_derivative_raises(self):
+        a = torch.tensor([2.0, 3.0], dtype=F64, requires_grad=True)
+        x = torch.tensor([0.3, 0.6], dtype=F64, requires_grad=True)
+        out = betainc(a, torch.tensor([2.0, 2.0], dtype=F64), x)
+        assert out.grad_fn.name() == "PlainBetaincFunctionBackward"
+        (g_a,) = torch.autograd.grad(out.sum(), (a,), create_graph=True)
+        with pytest.raises(RuntimeError, match="betainc supports first derivatives only"):
+            g_a.sum().backward()
+
+    def test_other_calls_take_the_general_path(self):
+        a = torch.tensor([2.0, 3.0], requires_grad=True)
+        x = torch.tensor([0.3, 0.6])
+        for args in (
+            (a, 2.0, x),
+            (a, a, x.double()),
+            (a.view(2, 1), a.view(2, 1), x.view(2, 1)),
+            (a, a, x[:1]),  # x broadcast against the parameters
+        ):
+            assert betainc(*args).grad_fn.name() == "BetaincFunctionBackward"
+
+
 class TestExceptions:
     @pytest.mark.parametrize("position", [0, 1, 2])
     def test_non_numeric_argument(self, position):
@@ -751,6 +814,37 @@ class TestBetaln:
         a = torch.tensor([0.3, 2.0, 150.0], dtype=F64, requires_grad=True)
         b = torch.tensor([4.0, 0.01, 90.0], dtype=F64, requires_grad=True)
         assert torch.autograd.gradcheck(betaln, (a, b), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+class TestGammaDifferences:
+    """The parameter-term helpers of every backend's algorithm (reference implementation) against mpmath."""
+
+    def test_lgamma_diff_product_form_and_overflow_fallback(self):
+        from gbs_loss.special._gamma import lgamma_diff
+
+        q = [1e-3, 0.5, 3.0, 9.99, 10.0, 1e-300, 1e-308, 2.0, 1e-5]
+        p = [0.2, 1e-12, 0.05, 0.2, 0.1, 0.2, 0.2, 1e6, 1e-3]
+        got = lgamma_diff(torch.tensor(q, dtype=F64), torch.tensor(p, dtype=F64)).numpy()
+        with mpmath.workdps(60):
+            ref = [
+                float(mpmath.loggamma(mpmath.mpf(qi) + pi) - mpmath.loggamma(qi)) for qi, pi in zip(q, p, strict=True)
+            ]
+        assert np.isfinite(got).all()  # 1e-308: the product overflows, the ten logarithms are used
+        # Absolute accuracy is what log J needs (the Stirling differences leave ~1e-18 for tiny p).
+        np.testing.assert_allclose(got, ref, rtol=1e-14, atol=1e-17)
+
+    def test_digamma_diff_against_mpmath(self):
+        from gbs_loss.special._gamma import digamma_diff
+
+        rng = np.random.default_rng(12)
+        d = log_uniform(rng, 1e-3, 1e6, 300)
+        delta = d * rng.uniform(-0.999, 3.0, 300)
+        got = digamma_diff(torch.tensor(d), torch.tensor(delta)).numpy()
+        with mpmath.workdps(60):
+            ref = np.array(
+                [float(mpmath.psi(0, mpmath.mpf(di) + dl) - mpmath.psi(0, di)) for di, dl in zip(d, delta, strict=True)]
+            )
+        np.testing.assert_allclose(got, ref, rtol=1e-13)
 
 
 class TestBetaLogProb:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from gbs_loss import betainc
-from gbs_loss.functional import batch_shaping_loss, hyperprior_loss
+from gbs_loss.functional import _unsort, batch_shaping_loss, hyperprior_loss
 from gbs_loss.priors import Beta, Normal, RelaxedBernoulli, SymmetricBeta
 
 F64 = torch.float64
@@ -321,6 +321,40 @@ class TestGradcheck:
             loss = batch_shaping_loss(x, prior, ties=True)
             grads = torch.autograd.grad(loss, (x, t))
             assert torch.isfinite(loss) and all(torch.all(torch.isfinite(g)) for g in grads)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The fused node's backward.
+# ----------------------------------------------------------------------------------------------------------
+class TestFusedBackward:
+    @pytest.mark.parametrize(
+        "shape,dim", [((7, 5), 0), ((3, 6, 4), 1), ((2, 3, 5), 2), ((4, 3, 2, 5), 1), ((2, 5, 3), 0), ((9,), 0)]
+    )
+    def test_unsort_is_the_scatter_back(self, shape: tuple[int, ...], dim: int) -> None:
+        g = torch.Generator().manual_seed(11)
+        indices = torch.sort(torch.randn(shape, generator=g), dim=dim).indices
+        src = torch.randn(shape, dtype=F64, generator=g)
+        assert torch.equal(_unsort(src, indices, dim), torch.empty_like(src).scatter_(dim, indices, src))
+        # Any layout of the indices and values (those of a batch gathered or transposed, say).
+        reverse = tuple(reversed(range(len(shape))))
+        indices_t = torch.sort(torch.randn(shape[::-1], generator=g).permute(reverse), dim=dim).indices
+        src_t = torch.randn(shape[::-1], dtype=F64, generator=g).permute(reverse)
+        expected = torch.empty_like(src_t).scatter_(dim, indices_t, src_t)
+        assert torch.equal(_unsort(src_t, indices_t, dim), expected)
+
+    @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+    def test_backward_runs_twice_with_the_same_result(self, reduction: str) -> None:
+        # The backward works in place in buffers of its own: nothing saved for it is overwritten.
+        g = torch.Generator().manual_seed(12)
+        x = torch.rand(64, 5, generator=g).requires_grad_()
+        u = torch.randn(5, generator=g).requires_grad_()
+        t = (torch.rand(5, generator=g) + 0.3).requires_grad_()
+        loss = batch_shaping_loss(x, RelaxedBernoulli(logits=u, temperature=t), reduction=reduction)
+        assert type(loss.grad_fn).__name__ == "_FusedShapingBackward"
+        weight = torch.rand(loss.shape, generator=g)
+        first = torch.autograd.grad(loss, (x, u, t), weight, retain_graph=True)
+        second = torch.autograd.grad(loss, (x, u, t), weight)
+        assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -239,6 +239,30 @@ class TestEnds:
         assert torch.all(torch.isfinite(cdf))
         assert cdf[0].item() == 0.0 and cdf[2].item() == 1.0
 
+    def test_relaxed_bernoulli_density_beyond_the_dtype_saturates(self) -> None:
+        # With the median at x = 2e-38 and t = 1e4 the density there is about t / (4 x) = 1.25e41, beyond
+        # float32: the gradient saturates at the largest float32 instead of becoming infinite.
+        x = torch.tensor([0.0, 2e-38, 0.5, 1.0], requires_grad=True)
+        t = torch.tensor(1e4)
+        u = t * torch.logit(torch.tensor(2e-38))
+        cdf = RelaxedBernoulli(logits=u, temperature=t).cdf(x)
+        (grad,) = torch.autograd.grad(cdf.sum(), x)
+        assert grad.tolist() == [0.0, torch.finfo(torch.float32).max, 0.0, 0.0]
+
+    def test_relaxed_bernoulli_backward_leaves_its_inputs_alone(self) -> None:
+        # The backward computes in place in buffers of its own: the incoming gradient is not modified, and a
+        # second backward through the same graph gives the same gradients.
+        x = t64([[0.0, 0.2], [0.5, 0.9], [1.0, 0.7]]).requires_grad_()
+        t = t64([0.4, 2.5]).requires_grad_()
+        u = t64([0.3, -1.0]).requires_grad_()
+        cdf = RelaxedBernoulli(logits=u, temperature=t).cdf(x)
+        g = t64([[0.3, -1.0], [2.0, 0.5], [1.0, -0.2]])
+        kept = g.clone()
+        first = torch.autograd.grad(cdf, (x, t, u), g, retain_graph=True)
+        second = torch.autograd.grad(cdf, (x, t, u), g)
+        assert torch.equal(g, kept)
+        assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Gradients.

@@ -30,6 +30,7 @@ from gbs_loss.special import backends
 __all__ = [
     "BetaincFunction",
     "Plan",
+    "PlainBetaincFunction",
     "betainc_block",
     "betainc_with_grads_op",
     "evaluate",
@@ -37,31 +38,18 @@ __all__ = [
 ]
 
 F64 = torch.float64
+F32 = torch.float32
 
 Plan = tuple[torch.Size, torch.Size, bool, torch.dtype]
 """``(out_shape, ab_shape, shared, dtype)``: see `BetaincFunction`."""
 
 
-def _as_block(outs: tuple[Tensor, ...], n: int) -> Tensor:
-    """The four outputs as one ``(4, n)`` tensor: their common base when they are its rows (native and Triton
-    backends allocate them so), else a stacked copy. A custom operator may not return aliasing outputs."""
-    base = outs[0]._base
-    if (
-        base is not None
-        and base.shape == (4, n)
-        and base.is_contiguous()
-        and all(o._base is base and o.storage_offset() == base.storage_offset() + i * n for i, o in enumerate(outs))
-    ):
-        return base
-    return torch.stack(outs)
-
-
 @torch.library.custom_op("gbs_loss::betainc_with_grads", mutates_args=())
 def betainc_with_grads_op(a: Tensor, b: Tensor, x: Tensor) -> Tensor:
-    """Opaque operator: ``(I, dI/da, dI/db, dI/dx)`` stacked into one ``(4, n)`` float64 tensor.
+    """Opaque operator: ``(I, dI/da, dI/db, dI/dx)`` stacked into one ``(4, n)`` tensor of the inputs' dtype.
 
     Arguments as in the backend contract (`.backends`); the torch or native backend is chosen by
-    `.backends.get`.
+    `.backends.get_block`.
 
     Example:
         >>> import torch
@@ -74,12 +62,12 @@ def betainc_with_grads_op(a: Tensor, b: Tensor, x: Tensor) -> Tensor:
                 [ 0.1069,  0.1541],
                 [ 1.6875,  1.5000]], dtype=torch.float64)
     """
-    return _as_block(tuple(backends.get(x.device)(a, b, x)), x.numel())
+    return backends.get_block(x.device)(a, b, x)
 
 
 @betainc_with_grads_op.register_fake
 def _(a: Tensor, b: Tensor, x: Tensor) -> Tensor:
-    return torch.empty((4, x.numel()), dtype=F64, device=x.device)
+    return torch.empty((4, x.numel()), dtype=x.dtype, device=x.device)
 
 
 @torch.compiler.assume_constant_result  # type: ignore[untyped-decorator]  # unannotated in torch
@@ -88,26 +76,26 @@ def _triton_selected(device_type: str) -> bool:
     return backends.resolve(torch.device(device_type)) == "triton"
 
 
-def _compute(a: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The four outputs through the chosen backend; under tracing, through an operator the compiler can see."""
+def _compute(a: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The value and the ``(3, n)`` derivatives through the chosen backend; under tracing, through an operator
+    the compiler can see."""
     if torch.compiler.is_compiling():
-        if _triton_selected(x.device.type):
-            triton_backend = backends._modules["triton"]
-            assert triton_backend is not None  # selected, so imported
-            outs: tuple[Tensor, Tensor, Tensor, Tensor] = triton_backend.betainc_with_grads(a, b, x)
-            return outs
-        block: Tensor = torch.ops.gbs_loss.betainc_with_grads(a, b, x)
-        value, d_a, d_b, d_x = block.unbind(0)
-        return value, d_a, d_b, d_x
-    return backends.get(x.device)(a, b, x)
+        block: Tensor = (
+            torch.ops.gbs_loss.betainc_triton(a, b, x)
+            if _triton_selected(x.device.type)
+            else torch.ops.gbs_loss.betainc_with_grads(a, b, x)
+        )
+        return block[0], block[1:]
+    block = backends.get_block(x.device)(a, b, x)
+    return block[0], block[1:]
 
 
 def betainc_block(a: Tensor, b: Tensor, x: Tensor) -> Tensor:
     """``(I, dI/da, dI/db, dI/dx)`` as the rows of one ``(4, n)`` float64 tensor, from the chosen backend.
 
     Arguments as in the backend contract (`.backends`). For callers that fuse `betainc` into their own autograd
-    node (the losses' Beta path): the backend is chosen as for `betainc` itself (`_compute`); the rows of the
-    native and Triton backends are returned as their buffer, without a copy.
+    node (the losses' Beta path): the backend is chosen as for `betainc` itself (`_compute`); the native and
+    Triton backends write this buffer directly.
 
     Example:
         >>> import torch
@@ -126,21 +114,22 @@ def betainc_block(a: Tensor, b: Tensor, x: Tensor) -> Tensor:
             return traced
         opaque: Tensor = torch.ops.gbs_loss.betainc_with_grads(a, b, x)
         return opaque
-    if backends.resolve(x.device) == "triton":
-        # The Triton backend's operator returns its (4, n) buffer itself (its strategy function, its rows).
-        block: Tensor = torch.ops.gbs_loss.betainc_triton(a, b, x)
-        return block
-    return _as_block(tuple(backends.get(x.device)(a, b, x)), x.numel())
+    return backends.get_block(x.device)(a, b, x)
+
+
+def _flat(t: Tensor, shape: torch.Size, n: int, dtype: torch.dtype) -> Tensor:
+    """``t`` expanded to ``shape`` and flattened, as a contiguous tensor of ``dtype`` (one copy at most)."""
+    if t.shape == shape and t.is_contiguous():
+        t = t if t.dtype == dtype else t.to(dtype)
+        return t if t.dim() == 1 else t.view(n)
+    out = torch.empty(shape, dtype=dtype, device=t.device)
+    out.copy_(t.expand(shape))
+    return out.view(n)
 
 
 def _flat64(t: Tensor, shape: torch.Size, n: int) -> Tensor:
     """``t`` expanded to ``shape`` and flattened, as a contiguous float64 tensor (one copy at most)."""
-    if t.shape == shape and t.is_contiguous():
-        t = t if t.dtype == F64 else t.to(F64)
-        return t if t.dim() == 1 else t.view(n)
-    out = torch.empty(shape, dtype=F64, device=t.device)
-    out.copy_(t.expand(shape))
-    return out.view(n)
+    return _flat(t, shape, n, F64)
 
 
 class _NamedCtx(FunctionCtx):
@@ -198,10 +187,13 @@ def first_derivatives_only(grad: Tensor, function: str, *inputs: Tensor) -> Tens
     return out
 
 
-def evaluate(a: Tensor, b: Tensor, x: Tensor, plan: Plan) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """The value (in the output dtype, of the output shape) and the three flat float64 partial derivatives.
+def evaluate(a: Tensor, b: Tensor, x: Tensor, plan: Plan) -> tuple[Tensor, Tensor]:
+    """The value (in the output dtype, of the output shape) and the three flat partial derivatives, ``(3, n)``.
 
-    ``plan`` as in `BetaincFunction`. Called directly when no gradient is needed.
+    ``plan`` as in `BetaincFunction`. The backend computes in float64 whatever the dtype; it reads and writes
+    float32 itself when all three arguments are float32 (the derivatives then come as float32, saturated at the
+    dtype's largest finite value), and float64 otherwise (the arguments converted here, the value converted
+    back). Called directly when no gradient is needed.
 
     Example:
         >>> import torch
@@ -209,21 +201,25 @@ def evaluate(a: Tensor, b: Tensor, x: Tensor, plan: Plan) -> tuple[Tensor, tuple
         >>> a = torch.tensor([2.0], dtype=torch.float64)
         >>> b = torch.tensor([3.0], dtype=torch.float64)
         >>> x = torch.tensor([0.25, 0.5], dtype=torch.float64)
-        >>> value, (d_a, d_b, d_x) = evaluate(a, b, x, (x.shape, a.shape, True, torch.float32))
-        >>> value, d_x
+        >>> value, derivs = evaluate(a, b, x, (x.shape, a.shape, True, torch.float32))
+        >>> value, derivs[2]
         (tensor([0.2617, 0.6875]), tensor([1.6875, 1.5000], dtype=torch.float64))
     """
     out_shape, ab_shape, shared, dtype = plan
+    work = dtype if dtype == F32 and a.dtype == F32 and b.dtype == F32 and x.dtype == F32 else F64
     n = math.prod(out_shape)
     par_shape = ab_shape if shared else out_shape
     m = math.prod(par_shape)
     if n == 0:
-        value = torch.empty(out_shape, dtype=F64, device=x.device)
-        derivs = (torch.zeros(n, dtype=F64, device=x.device),) * 3
+        value = torch.empty(out_shape, dtype=work, device=x.device)
+        derivs = torch.zeros((3, 0), dtype=work, device=x.device)
     else:
-        outs = _compute(_flat64(a, par_shape, m), _flat64(b, par_shape, m), _flat64(x, out_shape, n))
-        value, derivs = (outs[0] if len(out_shape) == 1 else outs[0].view(out_shape)), outs[1:]
-    return (value if dtype == F64 else value.to(dtype)), derivs
+        value, derivs = _compute(
+            _flat(a, par_shape, m, work), _flat(b, par_shape, m, work), _flat(x, out_shape, n, work)
+        )
+        if len(out_shape) != 1:
+            value = value.view(out_shape)
+    return (value if dtype == work else value.to(dtype)), derivs
 
 
 class _BetaincCtx(FunctionCtx):
@@ -232,6 +228,7 @@ class _BetaincCtx(FunctionCtx):
     plan: Plan
     shapes: tuple[torch.Size, torch.Size, torch.Size]
     dtypes: tuple[torch.dtype, torch.dtype, torch.dtype]
+    plain: bool
     saved_tensors: tuple[Tensor, ...]
     needs_input_grad: tuple[bool, ...]
 
@@ -242,6 +239,10 @@ class BetaincFunction(torch.autograd.Function):
     ``plan = (out_shape, ab_shape, shared, dtype)``: the broadcast shape of all three arguments, that of ``a`` and
     ``b``, whether ``(a, b)`` broadcast along leading dimensions only (then they are passed as ``m`` parameters,
     one per trailing position, and the parameter terms are computed once each), and the output dtype.
+
+    The backward multiplies the incoming gradient into the saved ``(3, n)`` derivatives (one operation for the
+    three inputs when all need a gradient), sums where an input was broadcast, and saturates where the
+    derivatives are narrower than float64.
 
     Example:
         >>> import torch
@@ -258,10 +259,13 @@ class BetaincFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: _BetaincCtx, a: Tensor, b: Tensor, x: Tensor, plan: Plan) -> Tensor:
         value, derivs = evaluate(a, b, x, plan)
-        ctx.save_for_backward(*derivs, a, b, x)  # a, b, x: to link the first derivatives under create_graph
+        ctx.save_for_backward(derivs, a, b, x)  # a, b, x: to link the first derivatives under create_graph
         ctx.plan = plan
         ctx.shapes = (a.shape, b.shape, x.shape)
         ctx.dtypes = (a.dtype, b.dtype, x.dtype)
+        # The common case, with a short backward: three arguments of one shape and of the derivatives' dtype.
+        ctx.plain = a.shape == x.shape and b.shape == x.shape and a.dtype == derivs.dtype and b.dtype == a.dtype
+        ctx.plain = ctx.plain and x.dtype == a.dtype
         return value
 
     @staticmethod
@@ -269,13 +273,32 @@ class BetaincFunction(torch.autograd.Function):
         out_shape, ab_shape, shared, _ = ctx.plan
         n = math.prod(out_shape)
         g = grad if grad.dim() == 1 else grad.reshape(n)
-        *derivs, a, b, x = ctx.saved_tensors
+        derivs, a, b, x = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        # g * dI/d(a, b, x) (a narrower g is promoted exactly inside the multiplication); float32 derivatives are
+        # saturated, and so is their product with the incoming gradient.
+        big = None if derivs.dtype == F64 else torch.finfo(derivs.dtype).max
+        prods: list[Tensor | None] = [None, None, None]
+        if needs[0] and needs[1] and needs[2]:
+            both = derivs * g
+            if big is not None:
+                both.clamp_(-big, big)
+            if ctx.plain and not torch.is_grad_enabled():
+                # Nothing to sum, cast or link: the rows are the gradients.
+                if len(out_shape) != 1:
+                    both = both.view(3, *out_shape)
+                g_a, g_b, g_x = both.unbind(0)
+                return g_a, g_b, g_x, None
+            prods = list(both.unbind(0))
+        else:
+            for i in range(3):
+                if needs[i]:
+                    prods[i] = derivs[i] * g if big is None else (derivs[i] * g).clamp_(-big, big)
         grads: list[Tensor | None] = []
-        for i, deriv in enumerate(derivs):
-            if not ctx.needs_input_grad[i]:
+        for i, out in enumerate(prods):
+            if out is None:
                 grads.append(None)
                 continue
-            out = g * deriv  # float64: a narrower g is promoted (exactly) inside the multiplication
             if i < 2 and shared:
                 m = math.prod(ab_shape)
                 if m == 1:
@@ -292,3 +315,49 @@ class BetaincFunction(torch.autograd.Function):
             out = saturate(out, ctx.dtypes[i], keep_same_dtype=True)
             grads.append(first_derivatives_only(out, "betainc", a, b, x))
         return grads[0], grads[1], grads[2], None
+
+
+class _PlainCtx(FunctionCtx):
+    """The autograd context of `PlainBetaincFunction` (typing only)."""
+
+    saved_tensors: tuple[Tensor, ...]
+
+
+class PlainBetaincFunction(torch.autograd.Function):
+    r"""`BetaincFunction` for the most common eager call, with the least work around the backend call.
+
+    For three contiguous 1-D tensors of one length and one dtype, float32 or float64, on one device: nothing to
+    broadcast, convert, sum or saturate beyond the backend's own float32 saturation. The forward is one backend
+    call (`gbs_loss.special.backends.get_block`); the backward one multiplication of the incoming gradient into
+    the saved ``(3, n)`` derivatives (plus a clamp in float32, as in `BetaincFunction`). At a few hundred
+    points the work around the kernel is most of the time of a call; `gbs_loss.betainc` takes this path when
+    it can (not under ``torch.compile``, which sees `BetaincFunction`).
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.special._op import PlainBetaincFunction
+        >>> a = torch.tensor([2.0, 2.0], dtype=torch.float64, requires_grad=True)
+        >>> b = torch.tensor([3.0, 3.0], dtype=torch.float64)
+        >>> x = torch.tensor([0.25, 0.5], dtype=torch.float64)
+        >>> PlainBetaincFunction.apply(a, b, x).sum().backward()
+        >>> a.grad
+        tensor([-0.2281, -0.1953], dtype=torch.float64)
+    """
+
+    @staticmethod
+    def forward(ctx: _PlainCtx, a: Tensor, b: Tensor, x: Tensor) -> Tensor:
+        block = backends.get_block(x.device)(a, b, x)
+        ctx.save_for_backward(block[1:], a, b, x)  # a, b, x: to link the first derivatives under create_graph
+        return block[0]
+
+    @staticmethod
+    def backward(ctx: _PlainCtx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        derivs, a, b, x = ctx.saved_tensors
+        prods = derivs * grad
+        if derivs.dtype != F64:
+            big = torch.finfo(derivs.dtype).max
+            prods.clamp_(-big, big)
+        g_a, g_b, g_x = prods.unbind(0)
+        if torch.is_grad_enabled():
+            g_a, g_b, g_x = (first_derivatives_only(g, "betainc", a, b, x) for g in (g_a, g_b, g_x))
+        return g_a, g_b, g_x

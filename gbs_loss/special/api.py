@@ -17,7 +17,7 @@ from gbs_loss._coerce import as_float_tensors
 from gbs_loss._dtypes import LOW_PRECISION, float_dtype
 from gbs_loss._shapes import broadcast_shapes
 from gbs_loss.special._gamma import betaln64
-from gbs_loss.special._op import BetaincFunction, evaluate
+from gbs_loss.special._op import BetaincFunction, PlainBetaincFunction, evaluate
 from gbs_loss.special._prefactor import lambda_dd, log_prefactor
 
 __all__ = ["beta_log_prob", "betainc", "betaln"]
@@ -119,6 +119,26 @@ def betainc(a: Tensor | float, b: Tensor | float, x: Tensor | float) -> Tensor:
         (torch.Size([]), torch.Size([3]))
     """
     (a_t, b_t, x_t), dtype, shape = _coerce3(a, b, x)
+    if (
+        len(shape) == 1
+        and x_t.shape == shape
+        and a_t.shape == shape
+        and b_t.shape == shape
+        and (dtype is torch.float32 or dtype is torch.float64)
+        and a_t.dtype is dtype
+        and b_t.dtype is dtype
+        and x_t.dtype is dtype
+        and shape[0] > 0
+        and torch.is_grad_enabled()
+        and (a_t.requires_grad or b_t.requires_grad or x_t.requires_grad)
+        and a_t.is_contiguous()
+        and b_t.is_contiguous()
+        and x_t.is_contiguous()
+        and not torch.compiler.is_compiling()
+    ):
+        # The common call of a training step: the shortest path (see PlainBetaincFunction).
+        plain: Tensor = PlainBetaincFunction.apply(a_t, b_t, x_t)  # type: ignore[no-untyped-call]  # unannotated in torch
+        return plain
     ab_shape = a_t.shape if a_t.shape == b_t.shape else broadcast_shapes(a_t.shape, b_t.shape)
     shared = math.prod(ab_shape) < math.prod(shape) and _shares_trailing(ab_shape, shape)
     plan = (shape, ab_shape, shared, dtype)

@@ -8,13 +8,18 @@ One algorithm (`gbs_loss.special._kernel`), three implementations, side by side:
 | ``native`` | ``backends.native`` | CPU tensors: one C call, OpenMP over elements |
 | ``triton`` | ``backends.triton`` | CUDA tensors (any tensor under ``TRITON_INTERPRET=1``) |
 
-Every backend exposes ``available() -> bool`` (cheap after its first call) and
-``betainc_with_grads(a, b, x) -> (value, d/da, d/db, d/dx)`` under one contract:
+Every backend exposes ``available() -> bool`` (cheap after its first call),
+``betainc_with_grads(a, b, x) -> (value, d/da, d/db, d/dx)`` and ``betainc_block(a, b, x)``, the same four as the
+rows of one ``(4, n)`` tensor (what the operator layer uses; native and Triton write it directly), under one
+contract:
 
-* inputs float64 on one device; ``x`` contiguous of shape ``(n,)``; ``a`` and ``b`` contiguous of shape
-  ``(m,)`` with ``n % m == 0``; element ``i`` uses ``a[i % m]`` and ``b[i % m]`` (elementwise when ``m == n``,
-  one parameter per trailing position otherwise; other broadcasts are expanded by the caller);
-* outputs: four contiguous float64 tensors of shape ``(n,)``;
+* inputs on one device, all float64 or all float32; ``x`` contiguous of shape ``(n,)``; ``a`` and ``b``
+  contiguous of shape ``(m,)`` with ``n % m == 0``; element ``i`` uses ``a[i % m]`` and ``b[i % m]``
+  (elementwise when ``m == n``, one parameter per trailing position otherwise; other broadcasts are expanded by
+  the caller);
+* outputs: four contiguous tensors of shape ``(n,)`` in the inputs' dtype. The computation is float64 either way;
+  float32 results are rounded once and the derivatives saturated at the largest finite float32 (the native and
+  Triton kernels read and write float32 themselves, without conversion passes);
 * invalid parameters (``a <= 0``, ``b <= 0``, non-finite) and ``x`` outside ``[0, 1]`` or NaN give NaN in all four;
   the ends ``x = 0`` and ``x = 1`` follow `gbs_loss.betainc`; non-convergence within
   `MAX_STEPS` steps gives NaN;
@@ -41,7 +46,7 @@ import torch
 
 from gbs_loss.special.backends import torch_ops
 
-__all__ = ["BACKENDS", "BackendUnavailable", "available", "get", "resolve", "setting", "use"]
+__all__ = ["BACKENDS", "BackendUnavailable", "available", "get", "get_block", "resolve", "setting", "use"]
 
 BACKENDS = ("torch", "native", "triton")
 _CHOICES = ("auto", *BACKENDS)
@@ -164,6 +169,22 @@ def get(device: torch.device) -> Strategy:
     assert module is not None  # resolve only names backends whose module imported
     strategy: Strategy = module.betainc_with_grads
     return strategy
+
+
+def get_block(device: torch.device) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The ``betainc_block`` function (the four results as one ``(4, n)`` tensor) of the backend chosen for ``device``.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.special import backends
+        >>> one = torch.ones(1, dtype=torch.float64)
+        >>> backends.get_block(torch.device("cpu"))(2.0 * one, 3.0 * one, 0.5 * one)[0]
+        tensor([0.6875], dtype=torch.float64)
+    """
+    module = _modules[resolve(device)]
+    assert module is not None  # resolve only names backends whose module imported
+    block: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = module.betainc_block
+    return block
 
 
 def available(name: str) -> bool:

@@ -193,9 +193,17 @@ def lgamma1p_small(p):
 def lgamma_diff(q, p):
     r"""$\log\Gamma(q + p) - \log\Gamma(q)$, accurate relative to $p$ (shift by ten below 10)."""
     shift = q < LARGE
-    corr = zeros(q)
+    e = zeros(q)
     for k in tl.static_range(10):
-        corr = corr + log1p(p / (q + k))
+        t = p / (q + k)
+        e = e + t + e * t
+    corr = log1p(e)
+    # Where E overflows (p / q near the float64 limit), the sum of the ten logarithms.
+    if any_true(tl.abs(e) == float("inf")):
+        slow = zeros(q)
+        for k in tl.static_range(10):
+            slow = slow + log1p(p / (q + k))
+        corr = tl.where(tl.abs(e) == float("inf"), slow, corr)
     qs = tl.where(shift, q + 10.0, q)
     return -lgamma_ratio(p, qs) - tl.where(shift, corr, 0.0)
 
@@ -210,7 +218,8 @@ def digamma_diff(d, delta):
     ds = tl.where(shift, d + 10.0, d)
     ratio = delta / ds
     lg = log1p(ratio)
-    one_minus_r = -expm1(-2.0 * lg)
+    u = 1.0 + ratio
+    one_minus_r = ratio * (2.0 + ratio) / (u * u)
     r = 1.0 - one_minus_r
     w = 1.0 / (ds * ds)
     total = zeros(d)
@@ -401,15 +410,26 @@ def series_sums(p, q, xx, done, max_terms):
     return big_t, dtp, dtq, done
 
 
+@triton.jit
+def saturate32(v):
+    """``v`` clamped to the finite float32 range (NaN stays NaN), before a float32 store."""
+    big = 3.4028234663852886e38
+    return tl.where(v > big, big, tl.where(v < -big, -big, v))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The kernel (gbs_loss.special._kernel.betainc_kernel, element by element).
 # ----------------------------------------------------------------------------------------------------------
 @triton.jit
-def betainc_kernel(a_ptr, b_ptr, x_ptr, out_ptr, n, m, max_steps, series_max_terms, BLOCK_SIZE: tl.constexpr):
-    """``out[0..3, i] = (I, dI/da, dI/db, dI/dx)`` at ``(a[i % m], b[i % m], x[i])``, ``i < n``; float64.
+def betainc_kernel(
+    a_ptr, b_ptr, x_ptr, out_ptr, n, m, max_steps, series_max_terms, SATURATE: tl.constexpr, BLOCK_SIZE: tl.constexpr
+):
+    """``out[0..3, i] = (I, dI/da, dI/db, dI/dx)`` at ``(a[i % m], b[i % m], x[i])``, ``i < n``.
 
-    ``max_steps`` and ``series_max_terms`` are the caps of `gbs_loss.special._constants`, passed at each
-    launch (so that the tests can lower them together with the reference's).
+    Computed in float64 and stored in the dtype of ``out`` (float64, or float32 with ``SATURATE``: the
+    derivatives are then clamped to the largest finite float32 first). ``max_steps`` and ``series_max_terms``
+    are the caps of `gbs_loss.special._constants`, passed at each launch (so that the tests can lower them
+    together with the reference's).
     """
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
@@ -492,6 +512,10 @@ def betainc_kernel(a_ptr, b_ptr, x_ptr, out_ptr, n, m, max_steps, series_max_ter
     end_dx = tl.where(at0 & (a_s == 1.0), b_s, tl.where(at1 & (b_s == 1.0), a_s, 0.0))
     d_x = tl.where(ends, end_dx, d_x)
     nan = float("nan")
+    if SATURATE:
+        d_a = saturate32(d_a)
+        d_b = saturate32(d_b)
+        d_x = saturate32(d_x)
     # Rows of the (4, n) output; offsets in int64 (3 n may exceed int32).
     row1 = offs + n
     row2 = row1 + n

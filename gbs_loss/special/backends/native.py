@@ -13,10 +13,12 @@ The source is compiled at first use with the system C compiler and cached on dis
 no compiler or the build fails, `available` is False and `unavailable_reason` says why; the dispatcher
 (`gbs_loss.special.backends`) then uses the reference. This module does not read ``GBS_LOSS_BACKEND``.
 
-Backend contract (shared with the Triton backend): `betainc_with_grads` takes float64 CPU tensors, ``x``
-contiguous 1-D of length ``n`` and ``a``, ``b`` contiguous 1-D of one length ``m`` with ``n % m == 0``; element
-``i`` uses ``a[i % m]``, ``b[i % m]`` (the parameter terms are then computed once per pair). It returns four
-contiguous float64 1-D tensors of length ``n``: the value and the derivatives with respect to ``a``, ``b``, ``x``.
+Backend contract (shared with the Triton backend): `betainc_with_grads` takes CPU tensors of one dtype, float64
+or float32, ``x`` contiguous 1-D of length ``n`` and ``a``, ``b`` contiguous 1-D of one length ``m`` with
+``n % m == 0``; element ``i`` uses ``a[i % m]``, ``b[i % m]`` (the parameter terms are then computed once per
+pair). It returns four contiguous 1-D tensors of length ``n`` in that dtype: the value and the derivatives with
+respect to ``a``, ``b``, ``x``. float32 inputs are read and the float32 results written by the kernel itself
+(computed in float64, rounded once): no conversion pass.
 """
 
 from __future__ import annotations
@@ -33,13 +35,13 @@ from torch import Tensor
 from gbs_loss.special import _constants as C
 from gbs_loss.special.backends._build import BuildError, load_library
 
-__all__ = ["available", "betainc_with_grads", "has_openmp", "library_path", "unavailable_reason"]
+__all__ = ["available", "betainc_block", "betainc_with_grads", "has_openmp", "library_path", "unavailable_reason"]
 
 NAME = "native"
 _SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "betainc.c"
-_ABI_VERSION = 3
+_ABI_VERSION = 4
 _LOCK = threading.Lock()
-_F64 = torch.float64
+_DTYPES = (torch.float64, torch.float32)
 # The loaded C function ``gbs_betainc`` (a ctypes function pointer whose result is a C int status).
 _Kernel = Callable[..., int]
 # (function, path, reason): filled by the first call of _load.
@@ -67,7 +69,7 @@ def _load() -> _Kernel | None:
         vp, i64, dbl = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
         kernel = lib.gbs_betainc
         kernel.restype = ctypes.c_int
-        kernel.argtypes = [i64, i64, *([vp] * 7), i64, dbl, dbl, i64, dbl, dbl, ctypes.c_int]
+        kernel.argtypes = [i64, i64, *([vp] * 7), ctypes.c_int, i64, dbl, dbl, i64, dbl, dbl, ctypes.c_int]
         _STATE.update(fn=kernel, path=str(path), reason=None, openmp=bool(lib.gbs_betainc_has_openmp()))
         return cast("_Kernel", kernel)
 
@@ -124,14 +126,16 @@ def betainc_with_grads(a: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor,
     """``(I_x(a, b), dI/da, dI/db, dI/dx)`` by the native kernel, one call for all elements.
 
     Args:
-        a, b: Contiguous float64 CPU tensors of shape ``(m,)``.
-        x: Contiguous float64 CPU tensor of shape ``(n,)``, ``n % m == 0``; element ``i`` uses ``a[i % m]``,
-            ``b[i % m]``.
+        a, b: Contiguous CPU tensors of shape ``(m,)``.
+        x: Contiguous CPU tensor of shape ``(n,)``, ``n % m == 0``; element ``i`` uses ``a[i % m]``,
+            ``b[i % m]``. All three float64, or all three float32 (read as they are: computed in float64,
+            rounded once, derivatives saturated at the largest finite float32).
 
     Returns:
-        Four contiguous float64 tensors of shape ``(n,)``. Invalid inputs (``a <= 0``, ``b <= 0``, non-finite
-        parameters, ``x`` outside ``[0, 1]`` or NaN) and elements whose continued fraction or series has not
-        converged within the caps of `gbs_loss.special._constants` give NaN in all four.
+        Four contiguous tensors of shape ``(n,)`` and of the inputs' dtype, the rows of one ``(4, n)`` buffer.
+        Invalid inputs (``a <= 0``, ``b <= 0``, non-finite parameters, ``x`` outside ``[0, 1]`` or NaN) and
+        elements whose continued fraction or series has not converged within the caps of
+        `gbs_loss.special._constants` give NaN in all four.
 
     Raises:
         RuntimeError: the kernel is unavailable (check `available` first).
@@ -148,28 +152,58 @@ def betainc_with_grads(a: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor,
         >>> value
         tensor([0.2617, 0.6875], dtype=torch.float64)
     """
+    n, m = x.numel(), a.numel()
+    dtype = x.dtype
+    if (
+        dtype not in _DTYPES
+        or a.dtype != dtype
+        or b.dtype != dtype
+        or not (a.is_cpu and b.is_cpu and x.is_cpu)
+        or not (a.dim() == b.dim() == x.dim() == 1)
+        or not (a.is_contiguous() and b.is_contiguous() and x.is_contiguous())
+    ):
+        raise ValueError("native betainc expects contiguous 1-D CPU tensors, all float64 or all float32")
+    if b.numel() != m or (n > 0 and (m == 0 or n % m != 0)):
+        raise ValueError(f"native betainc: a and b must have one length m dividing len(x), got {m}, {b.numel()}, {n}")
+    value, d_a, d_b, d_x = betainc_block(a, b, x).unbind(0)
+    return value, d_a, d_b, d_x
+
+
+def betainc_block(a: Tensor, b: Tensor, x: Tensor) -> Tensor:
+    """`betainc_with_grads` as one ``(4, n)`` tensor (rows: the value and the three derivatives), for callers
+    that already hold the contract (the operator layer): the arguments are not checked again.
+
+    Raises:
+        RuntimeError: the kernel is unavailable.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.special.backends import native
+        >>> one = torch.ones(1, dtype=torch.float32)
+        >>> native.betainc_block(2 * one, 3 * one, one / 2) if native.available() else torch.tensor([[0.6875]])
+        tensor([[ 0.6875],
+                [-0.1953],
+                [ 0.1541],
+                [ 1.5000]])
+    """
     fn = cast("_Kernel | None", _STATE.get("fn")) or _load()
     if fn is None:
         raise RuntimeError(f"the native betainc kernel is unavailable: {_STATE.get('reason')}")
-    n, m = x.numel(), a.numel()
-    for t in (a, b, x):
-        if t.dtype != _F64 or not t.is_cpu or t.dim() != 1 or not t.is_contiguous():
-            raise ValueError("native betainc expects contiguous 1-D float64 CPU tensors")
-    if b.numel() != m or (n > 0 and (m == 0 or n % m != 0)):
-        raise ValueError(f"native betainc: a and b must have one length m dividing len(x), got {m}, {b.numel()}, {n}")
-    out = torch.empty((4, n), dtype=_F64)
+    n = x.numel()
+    out = torch.empty((4, n), dtype=x.dtype)
     if n > 0:
-        value, d_a, d_b, d_x = out.unbind(0)
+        base, row = out.data_ptr(), n * out.element_size()
         status = fn(
             n,
-            m,
+            a.numel(),
             a.data_ptr(),
             b.data_ptr(),
             x.data_ptr(),
-            value.data_ptr(),
-            d_a.data_ptr(),
-            d_b.data_ptr(),
-            d_x.data_ptr(),
+            base,
+            base + row,
+            base + 2 * row,
+            base + 3 * row,
+            x.dtype is torch.float32,
             C.MAX_STEPS,
             C.TOL,
             C.TINY,
@@ -180,5 +214,4 @@ def betainc_with_grads(a: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor,
         )
         if status != 0:
             raise MemoryError("native betainc: could not allocate the parameter terms")
-        return value, d_a, d_b, d_x
-    return out[0], out[1], out[2], out[3]
+    return out

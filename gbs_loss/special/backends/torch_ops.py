@@ -14,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
 from torch import Tensor
 
 from gbs_loss.special._kernel import betainc_kernel
 
-__all__ = ["available", "betainc_with_grads"]
+__all__ = ["available", "betainc_block", "betainc_with_grads"]
 
 _MODE = "auto"
 _MODES = ("auto", "compact", "masked")
@@ -39,12 +40,13 @@ def betainc_with_grads(a: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor,
     """``(I, dI/da, dI/db, dI/dx)`` under the backend contract (see `gbs_loss.special.backends`).
 
     Args:
-        a, b: Contiguous float64 tensors of shape ``(m,)``.
-        x: Contiguous float64 tensor of shape ``(n,)`` with ``n % m == 0`` on the same device; element ``i``
-            uses ``a[i % m]`` and ``b[i % m]``.
+        a, b: Contiguous tensors of shape ``(m,)``.
+        x: Contiguous tensor of shape ``(n,)`` with ``n % m == 0`` on the same device; element ``i``
+            uses ``a[i % m]`` and ``b[i % m]``. All three float64, or all three float32 (converted to float64
+            here; the results rounded once, the derivatives saturated at the largest finite float32).
 
     Returns:
-        Four contiguous float64 tensors of shape ``(n,)``.
+        Four contiguous tensors of shape ``(n,)`` in the inputs' dtype.
 
     Example:
         >>> import torch
@@ -57,7 +59,26 @@ def betainc_with_grads(a: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor,
         (tensor([0.2617, 0.6875], dtype=torch.float64), tensor([1.6875, 1.5000], dtype=torch.float64))
     """
     compact = x.device.type == "cpu" if _MODE == "auto" else _MODE == "compact"
-    return betainc_kernel(a, b, x, compact)
+    if x.dtype == torch.float64:
+        return betainc_kernel(a, b, x, compact)
+    f64 = torch.float64
+    value, d_a, d_b, d_x = betainc_kernel(a.to(f64), b.to(f64), x.to(f64), compact)
+    big = torch.finfo(x.dtype).max
+    derivs = torch.stack((d_a, d_b, d_x)).clamp_(-big, big).to(x.dtype)
+    return value.to(x.dtype), derivs[0], derivs[1], derivs[2]
+
+
+def betainc_block(a: Tensor, b: Tensor, x: Tensor) -> Tensor:
+    """`betainc_with_grads` stacked into one ``(4, n)`` tensor (the operator layer's form).
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.special.backends import torch_ops
+        >>> one = torch.ones(1, dtype=torch.float64)
+        >>> torch_ops.betainc_block(2 * one, 3 * one, one / 2)[:, 0]
+        tensor([ 0.6875, -0.1953,  0.1541,  1.5000], dtype=torch.float64)
+    """
+    return torch.stack(betainc_with_grads(a, b, x))
 
 
 @contextmanager

@@ -38,7 +38,7 @@ try:
 except ImportError:  # Triton is an optional dependency
     _triton = None
 
-__all__ = ["available", "betainc_with_grads", "interpreted", "launches"]
+__all__ = ["available", "betainc_block", "betainc_with_grads", "interpreted", "launches"]
 
 _MATH_MODULE = "gbs_loss.special.backends._triton_math"
 # Number of kernel launches so far (eager calls only; for the launch-count tests).
@@ -116,7 +116,8 @@ def _launch(kernel: Any, a: Tensor, b: Tensor, x: Tensor, out: Tensor, block: in
     """
     n, m = x.numel(), a.numel()
     caps = (_constants.MAX_STEPS, _constants.SERIES_MAX_TERMS)
-    kernel[_grid(n, block)](a, b, x, out, n, m, *caps, BLOCK_SIZE=block, num_warps=num_warps)
+    saturate = out.dtype == torch.float32
+    kernel[_grid(n, block)](a, b, x, out, n, m, *caps, SATURATE=saturate, BLOCK_SIZE=block, num_warps=num_warps)
 
 
 if _triton is not None:
@@ -124,7 +125,7 @@ if _triton is not None:
     @torch.library.custom_op("gbs_loss::betainc_triton_interpreted", mutates_args=())
     def _betainc_interpreted(a: Tensor, b: Tensor, x: Tensor) -> Tensor:
         """The kernel under Triton's interpreter, as an opaque operator (``wrap_triton`` cannot trace it)."""
-        out = torch.empty((4, x.numel()), dtype=torch.float64, device=x.device)
+        out = torch.empty((4, x.numel()), dtype=x.dtype, device=x.device)
         if x.numel():
             math = _kernels(True)
             _launch(math.betainc_kernel, a, b, x, out, math.BLOCK_INTERPRETED, math.NUM_WARPS)
@@ -137,11 +138,11 @@ if _triton is not None:
 
     @torch.library.triton_op("gbs_loss::betainc_triton", mutates_args=())
     def _betainc_triton(a: Tensor, b: Tensor, x: Tensor) -> Tensor:
-        """``(4, n)`` float64: rows ``I, dI/da, dI/db, dI/dx`` under the backend contract (one kernel launch)."""
+        """``(4, n)`` in the dtype of ``x``: rows ``I, dI/da, dI/db, dI/dx`` under the backend contract (one launch)."""
         if interpreted():
             interpreted_out: Tensor = _betainc_interpreted(a, b, x)
             return interpreted_out
-        out = torch.empty((4, x.numel()), dtype=torch.float64, device=x.device)
+        out = torch.empty((4, x.numel()), dtype=x.dtype, device=x.device)
         if x.numel():
             math = _kernels(False)
             _launch(torch.library.wrap_triton(math.betainc_kernel), a, b, x, out, math.BLOCK, math.NUM_WARPS)
@@ -154,12 +155,13 @@ def betainc_with_grads(a: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor,
     """``(I, dI/da, dI/db, dI/dx)`` under the backend contract (see `gbs_loss.special.backends`).
 
     Args:
-        a, b: Contiguous float64 tensors of shape ``(m,)``.
-        x: Contiguous float64 tensor of shape ``(n,)`` with ``n % m == 0`` on the same device; element ``i``
-            uses ``a[i % m]`` and ``b[i % m]``.
+        a, b: Contiguous tensors of shape ``(m,)``.
+        x: Contiguous tensor of shape ``(n,)`` with ``n % m == 0`` on the same device; element ``i``
+            uses ``a[i % m]`` and ``b[i % m]``. All three float64, or all three float32 (read and written by
+            the kernel: computed in float64, rounded once, derivatives saturated at the largest finite float32).
 
     Returns:
-        Four contiguous float64 tensors of shape ``(n,)`` (rows of one ``(4, n)`` buffer).
+        Four contiguous tensors of shape ``(n,)`` in the inputs' dtype (rows of one ``(4, n)`` buffer).
 
     Raises:
         RuntimeError: Triton is not installed.
@@ -173,7 +175,24 @@ def betainc_with_grads(a: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor,
         >>> triton.betainc_with_grads(a, b, x)[0]  # doctest: +SKIP
         tensor([0.2617, 0.6875], device='cuda:0', dtype=torch.float64)
     """
+    value, d_a, d_b, d_x = betainc_block(a, b, x).unbind(0)
+    return value, d_a, d_b, d_x
+
+
+def betainc_block(a: Tensor, b: Tensor, x: Tensor) -> Tensor:
+    """`betainc_with_grads` as the kernel's ``(4, n)`` output (the operator layer's form), one launch.
+
+    Raises:
+        RuntimeError: Triton is not installed.
+
+    Example:
+        >>> import torch
+        >>> from gbs_loss.special.backends import triton
+        >>> one = torch.ones(1, dtype=torch.float64, device="cuda")  # doctest: +SKIP
+        >>> triton.betainc_block(2 * one, 3 * one, one / 2)[:, 0]  # doctest: +SKIP
+        tensor([ 0.6875, -0.1953,  0.1541,  1.5000], device='cuda:0', dtype=torch.float64)
+    """
     if _triton is None:
         raise RuntimeError("the triton backend needs the triton package, which is not installed")
     out: Tensor = torch.ops.gbs_loss.betainc_triton(a, b, x)
-    return out[0], out[1], out[2], out[3]
+    return out
