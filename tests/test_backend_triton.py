@@ -436,7 +436,8 @@ def _ptxas_available() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not _ptxas_available(), reason="Triton's NVIDIA backend (ptxas) is not installed")
 def test_kernel_compiles_for_sm90():
-    """The kernel compiles to a cubin for an H100/H200 (sm_90) without a GPU (Triton's bundled ptxas; ~15 s of CPU)."""
+    """The kernel compiles to a cubin for an H100/H200 (sm_90) without a GPU, for float64 and for float32 pointers
+    (Triton's bundled ptxas; ~15 s of CPU each)."""
     code = (
         "import os\n"
         "os.environ.pop('TRITON_INTERPRET', None)\n"
@@ -444,11 +445,14 @@ def test_kernel_compiles_for_sm90():
         "from triton.backends.compiler import GPUTarget\n"
         "from gbs_loss.special.backends import triton as tb\n"
         "m = tb._kernels(False)\n"
-        "sig = {'a_ptr': '*fp64', 'b_ptr': '*fp64', 'x_ptr': '*fp64', 'out_ptr': '*fp64', 'n': 'i32', 'm': 'i32',\n"
-        "       'max_steps': 'i32', 'series_max_terms': 'i32', 'BLOCK_SIZE': 'constexpr'}\n"
-        "src = triton.compiler.ASTSource(fn=m.betainc_kernel, signature=sig, constexprs={'BLOCK_SIZE': m.BLOCK})\n"
-        "c = triton.compile(src, target=GPUTarget('cuda', 90, 32), options={'num_warps': m.NUM_WARPS})\n"
-        "assert c.asm.get('cubin')\n"
+        "for ptr, saturate in (('*fp64', False), ('*fp32', True)):\n"
+        "    sig = {'a_ptr': ptr, 'b_ptr': ptr, 'x_ptr': ptr, 'out_ptr': ptr, 'n': 'i32', 'm': 'i32',\n"
+        "           'max_steps': 'i32', 'series_max_terms': 'i32',\n"
+        "           'SATURATE': 'constexpr', 'BLOCK_SIZE': 'constexpr'}\n"
+        "    consts = {'SATURATE': saturate, 'BLOCK_SIZE': m.BLOCK}\n"
+        "    src = triton.compiler.ASTSource(fn=m.betainc_kernel, signature=sig, constexprs=consts)\n"
+        "    c = triton.compile(src, target=GPUTarget('cuda', 90, 32), options={'num_warps': m.NUM_WARPS})\n"
+        "    assert c.asm.get('cubin'), ptr\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
