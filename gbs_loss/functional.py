@@ -539,7 +539,9 @@ class _FusedBeta(torch.autograd.Function):
         gx = ga = gb = None
         if ctx.needs_input_grad[0]:
             gxs = p_x * g
-            if gxs.dtype != x_dtype:
+            if gxs.dtype != x_dtype or x_dtype != _F64:
+                # Saturated after the multiplication too: p_x is finite but a large incoming gradient (a loss
+                # weight) could carry it past the dtype's range.
                 gxs = saturate(gxs, x_dtype)
             if dim != 0:
                 src = gxs.view(indices.movedim(dim, 0).shape).movedim(0, dim)
@@ -561,7 +563,7 @@ def _param_grad(g: Tensor, par_shape: torch.Size, shape: torch.Size, dtype: torc
         g = g.view(par_shape)
     if g.shape != shape:
         g = g.sum_to_size(shape)
-    return g if g.dtype == dtype else saturate(g, dtype)
+    return g if g.dtype == dtype == _F64 else saturate(g, dtype)
 
 
 def _fused_beta_loss(

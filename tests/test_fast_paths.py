@@ -438,6 +438,25 @@ class TestFusedBeta:
         plain = torch.distributions.Beta(a, torch.tensor(0.4))  # torch's own Beta: replaced by ours, fused
         assert type(batch_shaping_loss(x, plain).grad_fn).__name__ == "_FusedBetaBackward"
 
+    def test_weighted_gradient_saturates_instead_of_overflowing(self):
+        """A float32 value next to 0 under a Beta with a < 1 has a density beyond float32; times a loss weight of
+        1000 it must saturate at the largest float32, not become -inf (found by the exhaustive hostile test)."""
+        from gbs_loss import GeneralizedBatchShaping
+
+        module = GeneralizedBatchShaping(
+            3,
+            prior="beta",
+            init_mean=torch.tensor([0.5, 0.5, 0.125], dtype=F64),
+            init_concentration=torch.tensor([1.0, 1.0, 1.0], dtype=F64),
+            prior_weight=1000.0,
+            hyperprior_weight=0.0,
+            temperature_weight=0.0,
+        )
+        x = torch.tensor([[0.5, 0.5, 0.5], [0.5, 0.5, 3.72007598e-44]]).requires_grad_()
+        grads = torch.autograd.grad(module(x), [x, *module.parameters()])
+        assert all(torch.isfinite(g).all() for g in grads), grads
+        assert grads[0][1, 2] == -torch.finfo(torch.float32).max
+
     def test_one_backend_call(self, monkeypatch):
         calls = count_calls(monkeypatch, backends, "get_block")
         a = torch.tensor([2.0, 3.0], requires_grad=True)
