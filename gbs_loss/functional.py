@@ -539,10 +539,13 @@ class _FusedBeta(torch.autograd.Function):
         gx = ga = gb = None
         if ctx.needs_input_grad[0]:
             gxs = p_x * g
-            if gxs.dtype != x_dtype or x_dtype != _F64:
-                # Saturated after the multiplication too: p_x is finite but a large incoming gradient (a loss
-                # weight) could carry it past the dtype's range.
+            if gxs.dtype != x_dtype:
                 gxs = saturate(gxs, x_dtype)
+            elif x_dtype != _F64:
+                # Saturated after the multiplication too: p_x is finite but a large incoming gradient (a loss
+                # weight) could carry it past the dtype's range. In place: gxs is this backward's own tensor.
+                big = torch.finfo(x_dtype).max
+                gxs.clamp_(-big, big)
             if dim != 0:
                 src = gxs.view(indices.movedim(dim, 0).shape).movedim(0, dim)
             else:
@@ -552,6 +555,9 @@ class _FusedBeta(torch.autograd.Function):
             g_ab = s_ab * g
             if m != positions:  # parameters shared by the trailing blocks of positions
                 g_ab = g_ab.view(2, positions // m, m).sum(1)
+            if g_ab.dtype != _F64:  # as for x: saturated after the multiplication, in place
+                big = torch.finfo(g_ab.dtype).max
+                g_ab.clamp_(-big, big)
             ga = _param_grad(g_ab[0], par_shape, a_shape, a_dtype) if ctx.needs_input_grad[1] else None
             gb = _param_grad(g_ab[1], par_shape, b_shape, b_dtype) if ctx.needs_input_grad[2] else None
         return gx, ga, gb, None, None, None, None
@@ -563,7 +569,7 @@ def _param_grad(g: Tensor, par_shape: torch.Size, shape: torch.Size, dtype: torc
         g = g.view(par_shape)
     if g.shape != shape:
         g = g.sum_to_size(shape)
-    return g if g.dtype == dtype == _F64 else saturate(g, dtype)
+    return g if g.dtype == dtype else saturate(g, dtype)
 
 
 def _fused_beta_loss(
