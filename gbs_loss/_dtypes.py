@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["LOW_PRECISION", "compute_dtype", "float_dtype", "saturate", "saturating_cast"]
+__all__ = ["LOW_PRECISION", "compute_dtype", "float_dtype", "saturate", "saturate_", "saturating_cast"]
 
 #: Floating dtypes too narrow to compute in: their values are promoted to float32 first.
 LOW_PRECISION: frozenset[torch.dtype] = frozenset({torch.float16, torch.bfloat16})
@@ -116,6 +116,30 @@ def saturate(t: Tensor, dtype: torch.dtype, *, keep_same_dtype: bool = False) ->
         return t
     big = torch.finfo(dtype).max
     return t.clamp(-big, big).to(dtype)
+
+
+def saturate_(t: Tensor) -> Tensor:
+    """``t`` clamped in place to its own dtype's finite range when narrower than float64; float64 as it is.
+
+    For a gradient this backward has just computed (its own tensor), multiplied from saturated derivatives: the
+    product may overflow the narrower dtype, while float64 keeps its infinite limits (see `saturate`).
+
+    Args:
+        t: A floating tensor that may be overwritten.
+
+    Returns:
+        ``t`` itself.
+
+    Example:
+        >>> saturate_(torch.tensor([float("-inf"), 1.0]))
+        tensor([-3.4028e+38,  1.0000e+00])
+        >>> saturate_(torch.tensor([float("inf")], dtype=torch.float64))
+        tensor([inf], dtype=torch.float64)
+    """
+    if t.dtype != torch.float64:
+        big = torch.finfo(t.dtype).max
+        t.clamp_(-big, big)
+    return t
 
 
 class _SaturatingCast(torch.autograd.Function):

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from gbs_loss import _sorting
 from gbs_loss._coerce import check_bool, check_devices
-from gbs_loss._dtypes import LOW_PRECISION, compute_dtype, saturate, saturating_cast
+from gbs_loss._dtypes import LOW_PRECISION, compute_dtype, saturate, saturate_, saturating_cast
 from gbs_loss._shapes import broadcast_shapes
 from gbs_loss.distributed import _check_group, gather_batch
 from gbs_loss.priors import (
@@ -538,14 +538,10 @@ class _FusedBeta(torch.autograd.Function):
         g = grad.reshape(1, positions) if ctx.reduction == "none" else grad
         gx = ga = gb = None
         if ctx.needs_input_grad[0]:
+            # Saturated after the multiplication: p_x is finite but a large incoming gradient (a loss weight) could
+            # carry it past the dtype's range.
             gxs = p_x * g
-            if gxs.dtype != x_dtype:
-                gxs = saturate(gxs, x_dtype)
-            elif x_dtype != _F64:
-                # Saturated after the multiplication too: p_x is finite but a large incoming gradient (a loss
-                # weight) could carry it past the dtype's range. In place: gxs is this backward's own tensor.
-                big = torch.finfo(x_dtype).max
-                gxs.clamp_(-big, big)
+            gxs = saturate(gxs, x_dtype) if gxs.dtype != x_dtype else saturate_(gxs)
             if dim != 0:
                 src = gxs.view(indices.movedim(dim, 0).shape).movedim(0, dim)
             else:
@@ -555,9 +551,7 @@ class _FusedBeta(torch.autograd.Function):
             g_ab = s_ab * g
             if m != positions:  # parameters shared by the trailing blocks of positions
                 g_ab = g_ab.view(2, positions // m, m).sum(1)
-            if g_ab.dtype != _F64:  # as for x: saturated after the multiplication, in place
-                big = torch.finfo(g_ab.dtype).max
-                g_ab.clamp_(-big, big)
+            saturate_(g_ab)  # as for x: saturated after the multiplication
             ga = _param_grad(g_ab[0], par_shape, a_shape, a_dtype) if ctx.needs_input_grad[1] else None
             gb = _param_grad(g_ab[1], par_shape, b_shape, b_dtype) if ctx.needs_input_grad[2] else None
         return gx, ga, gb, None, None, None, None

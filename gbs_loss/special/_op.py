@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
-from gbs_loss._dtypes import saturate
+from gbs_loss._dtypes import saturate, saturate_
 from gbs_loss.special import backends
 
 __all__ = [
@@ -228,7 +228,6 @@ class _BetaincCtx(FunctionCtx):
     plan: Plan
     shapes: tuple[torch.Size, torch.Size, torch.Size]
     dtypes: tuple[torch.dtype, torch.dtype, torch.dtype]
-    plain: bool
     saved_tensors: tuple[Tensor, ...]
     needs_input_grad: tuple[bool, ...]
 
@@ -263,9 +262,6 @@ class BetaincFunction(torch.autograd.Function):
         ctx.plan = plan
         ctx.shapes = (a.shape, b.shape, x.shape)
         ctx.dtypes = (a.dtype, b.dtype, x.dtype)
-        # The common case, with a short backward: three arguments of one shape and of the derivatives' dtype.
-        ctx.plain = a.shape == x.shape and b.shape == x.shape and a.dtype == derivs.dtype and b.dtype == a.dtype
-        ctx.plain = ctx.plain and x.dtype == a.dtype
         return value
 
     @staticmethod
@@ -277,23 +273,13 @@ class BetaincFunction(torch.autograd.Function):
         needs = ctx.needs_input_grad
         # g * dI/d(a, b, x) (a narrower g is promoted exactly inside the multiplication); float32 derivatives are
         # saturated, and so is their product with the incoming gradient.
-        big = None if derivs.dtype == F64 else torch.finfo(derivs.dtype).max
         prods: list[Tensor | None] = [None, None, None]
         if needs[0] and needs[1] and needs[2]:
-            both = derivs * g
-            if big is not None:
-                both.clamp_(-big, big)
-            if ctx.plain and not torch.is_grad_enabled():
-                # Nothing to sum, cast or link: the rows are the gradients.
-                if len(out_shape) != 1:
-                    both = both.view(3, *out_shape)
-                g_a, g_b, g_x = both.unbind(0)
-                return g_a, g_b, g_x, None
-            prods = list(both.unbind(0))
+            prods = list(saturate_(derivs * g).unbind(0))
         else:
             for i in range(3):
                 if needs[i]:
-                    prods[i] = derivs[i] * g if big is None else (derivs[i] * g).clamp_(-big, big)
+                    prods[i] = saturate_(derivs[i] * g)
         grads: list[Tensor | None] = []
         for i, out in enumerate(prods):
             if out is None:
@@ -353,11 +339,7 @@ class PlainBetaincFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: _PlainCtx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         derivs, a, b, x = ctx.saved_tensors
-        prods = derivs * grad
-        if derivs.dtype != F64:
-            big = torch.finfo(derivs.dtype).max
-            prods.clamp_(-big, big)
-        g_a, g_b, g_x = prods.unbind(0)
+        g_a, g_b, g_x = saturate_(derivs * grad).unbind(0)
         if torch.is_grad_enabled():
             g_a, g_b, g_x = (first_derivatives_only(g, "betainc", a, b, x) for g in (g_a, g_b, g_x))
         return g_a, g_b, g_x

@@ -119,8 +119,10 @@ def betainc(a: Tensor | float, b: Tensor | float, x: Tensor | float) -> Tensor:
         (torch.Size([]), torch.Size([3]))
     """
     (a_t, b_t, x_t), dtype, shape = _coerce3(a, b, x)
+    grad = torch.is_grad_enabled() and (a_t.requires_grad or b_t.requires_grad or x_t.requires_grad)
     if (
-        len(shape) == 1
+        grad
+        and len(shape) == 1
         and x_t.shape == shape
         and a_t.shape == shape
         and b_t.shape == shape
@@ -129,8 +131,6 @@ def betainc(a: Tensor | float, b: Tensor | float, x: Tensor | float) -> Tensor:
         and b_t.dtype is dtype
         and x_t.dtype is dtype
         and shape[0] > 0
-        and torch.is_grad_enabled()
-        and (a_t.requires_grad or b_t.requires_grad or x_t.requires_grad)
         and a_t.is_contiguous()
         and b_t.is_contiguous()
         and x_t.is_contiguous()
@@ -142,7 +142,7 @@ def betainc(a: Tensor | float, b: Tensor | float, x: Tensor | float) -> Tensor:
     ab_shape = a_t.shape if a_t.shape == b_t.shape else broadcast_shapes(a_t.shape, b_t.shape)
     shared = math.prod(ab_shape) < math.prod(shape) and _shares_trailing(ab_shape, shape)
     plan = (shape, ab_shape, shared, dtype)
-    if torch.is_grad_enabled() and (a_t.requires_grad or b_t.requires_grad or x_t.requires_grad):
+    if grad:
         out: Tensor = BetaincFunction.apply(a_t, b_t, x_t, plan)  # type: ignore[no-untyped-call]  # unannotated in torch
         return out
     return evaluate(a_t, b_t, x_t, plan)[0]

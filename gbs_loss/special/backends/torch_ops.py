@@ -58,14 +58,14 @@ def betainc_with_grads(a: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor,
         >>> value, d_x
         (tensor([0.2617, 0.6875], dtype=torch.float64), tensor([1.6875, 1.5000], dtype=torch.float64))
     """
-    compact = x.device.type == "cpu" if _MODE == "auto" else _MODE == "compact"
     if x.dtype == torch.float64:
-        return betainc_kernel(a, b, x, compact)
-    f64 = torch.float64
-    value, d_a, d_b, d_x = betainc_kernel(a.to(f64), b.to(f64), x.to(f64), compact)
-    big = torch.finfo(x.dtype).max
-    derivs = torch.stack((d_a, d_b, d_x)).clamp_(-big, big).to(x.dtype)
-    return value.to(x.dtype), derivs[0], derivs[1], derivs[2]
+        return betainc_kernel(a, b, x, _compact(x))
+    value, d_a, d_b, d_x = betainc_block(a, b, x).unbind(0)
+    return value, d_a, d_b, d_x
+
+
+def _compact(x: Tensor) -> bool:
+    return x.device.type == "cpu" if _MODE == "auto" else _MODE == "compact"
 
 
 def betainc_block(a: Tensor, b: Tensor, x: Tensor) -> Tensor:
@@ -78,7 +78,13 @@ def betainc_block(a: Tensor, b: Tensor, x: Tensor) -> Tensor:
         >>> torch_ops.betainc_block(2 * one, 3 * one, one / 2)[:, 0]
         tensor([ 0.6875, -0.1953,  0.1541,  1.5000], dtype=torch.float64)
     """
-    return torch.stack(betainc_with_grads(a, b, x))
+    if x.dtype == torch.float64:
+        return torch.stack(betainc_kernel(a, b, x, _compact(x)))
+    f64 = torch.float64
+    block = torch.stack(betainc_kernel(a.to(f64), b.to(f64), x.to(f64), _compact(x)))
+    big = torch.finfo(x.dtype).max
+    block[1:].clamp_(-big, big)  # the derivatives saturate at the narrower dtype's largest value
+    return block.to(x.dtype)
 
 
 @contextmanager
